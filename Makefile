@@ -1,0 +1,89 @@
+# The one place where tasks are defined: developers, `.ci/run` and the GitHub workflows all call these.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+UV_VERSION := 0.13.9
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+# The embedded default: MLflow in a SQLite file at the repository root, no server. Absolute, so that
+# queued experiments running in DVC's temp copies log to this same database.
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+
+API_HOST ?= 127.0.0.1
+API_PORT ?= 8000
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+# ---------------------------------------------------------------- environment
+$(VENV)/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	uv sync --frozen --compile-bytecode
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV)/.synced ## create .venv from the lock file
+
+.PHONY: system-deps
+system-deps: ## install the Debian packages the tests run (prometheus, promtool, alertmanager, wrk)
+	@missing=""; \
+	for bin in prometheus promtool prometheus-alertmanager amtool wrk; do \
+	  command -v $$bin >/dev/null || missing="$$missing $$bin"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-alertmanager wrk >/dev/null; \
+	fi
+
+# ---------------------------------------------------------------- the README contract
+.PHONY: run
+run: venv ## reproduce the pipeline, promote the first model, serve it at http://localhost:8000/docs
+	dvc repro
+	python -m stages.promote --first
+	python -m api --host $(API_HOST) --port $(API_PORT)
+
+.PHONY: test
+test: venv system-deps lint ## lint, then the whole test suite
+	pytest
+
+.PHONY: lint
+lint: venv ## ruff, format check and the config linters (pre-commit, local hooks)
+	pre-commit run --all-files --show-diff-on-failure
+
+# ---------------------------------------------------------------- pipeline
+.PHONY: repro
+repro: venv ## dvc repro (MLflow in mlflow.db unless MLFLOW_TRACKING_URI says otherwise)
+	dvc repro
+
+.PHONY: promote
+promote: venv ## move the `production` alias to the `staging` version
+	python -m stages.promote
+
+.PHONY: rollback
+rollback: venv ## move `production` back to the version it replaced
+	python -m stages.promote --rollback
+
+.PHONY: exp
+exp: venv ## a ready-made sweep: queue XGBoost depths and sizes, run two at a time, show the table
+	dvc exp run --queue -S 'train.xgboost.max_depth=4,8' -S 'train.xgboost.n_estimators=150,300'
+	dvc queue start -j 2
+	@while dvc queue status | grep -qE 'Queued|Running'; do sleep 5; done
+	dvc queue status
+	dvc exp show --md --only-changed
+
+.PHONY: bench-pipeline
+bench-pipeline: venv ## wall time of a full `dvc repro` and of a no-op one
+	python tests/benchmarks/pipeline.py
+
+.PHONY: mlflow-ui
+mlflow-ui: venv ## browse the local runs and registry
+	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
+
+.PHONY: clean
+clean: ## remove the environment and local MLflow state
+	rm -rf $(VENV) mlflow.db mlruns .pytest_cache .ruff_cache

@@ -1,0 +1,155 @@
+"""evaluate: score the chosen model on the test split; write metrics, slice metrics and plot data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import mlflow
+import numpy as np
+import pandas as pd
+from sklearn.calibration import calibration_curve
+from sklearn.inspection import permutation_importance
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from stages.config import experiment_name, load_params, path
+from stages.features import labels, model_inputs
+from stages.metrics import DECISION_THRESHOLD, classification_metrics
+from stages.tracking import configure, find_training_run
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+DIGITS = 6
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    return [round(float(value), DIGITS) for value in values]
+
+
+def slice_metrics(frame: pd.DataFrame, probability: np.ndarray, y: np.ndarray, columns: list[str]) -> dict:
+    """Per-value metrics for each sensitive attribute; AUCs only where both classes occur."""
+    report: dict[str, dict[str, Any]] = {}
+    for column in columns:
+        report[column] = {}
+        for value in sorted(frame[column].dropna().unique()):
+            mask = (frame[column] == value).to_numpy()
+            entry: dict[str, Any] = {
+                "rows": int(mask.sum()),
+                "positive_rate": round(float(y[mask].mean()), DIGITS),
+            }
+            if len(np.unique(y[mask])) == 2:
+                entry.update(classification_metrics(y[mask], probability[mask]))
+            report[column][str(value)] = entry
+    return report
+
+
+def plot_data(pipeline, x: pd.DataFrame, y: np.ndarray, probability: np.ndarray, bins: int, seed: int):
+    fpr, tpr, _ = roc_curve(y, probability)
+    precision, recall, _ = precision_recall_curve(y, probability)
+    fraction_positive, mean_predicted = calibration_curve(y, probability, n_bins=bins, strategy="quantile")
+    predicted = (probability >= DECISION_THRESHOLD).astype(int)
+    importance = permutation_importance(
+        pipeline, x, y, scoring="roc_auc", n_repeats=3, random_state=seed, n_jobs=1
+    )
+    order = np.argsort(-importance.importances_mean)
+    return {
+        "roc": [{"fpr": a, "tpr": b} for a, b in zip(_rounded(fpr), _rounded(tpr), strict=True)],
+        "pr": [
+            {"recall": a, "precision": b} for a, b in zip(_rounded(recall), _rounded(precision), strict=True)
+        ],
+        "calibration": [
+            {"mean_predicted": a, "fraction_positive": b}
+            for a, b in zip(_rounded(mean_predicted), _rounded(fraction_positive), strict=True)
+        ],
+        "confusion": [{"actual": int(a), "predicted": int(b)} for a, b in zip(y, predicted, strict=True)],
+        "importance": [
+            {"feature": x.columns[i], "importance": round(float(importance.importances_mean[i]), DIGITS)}
+            for i in order
+        ],
+    }
+
+
+def figures(plots: dict[str, list[dict]]) -> dict[str, plt.Figure]:
+    """PNG views of the same data for the MLflow UI."""
+    drawn = {}
+    for name, x, y in (
+        ("roc", "fpr", "tpr"),
+        ("pr", "recall", "precision"),
+        ("calibration", "mean_predicted", "fraction_positive"),
+    ):
+        figure, axis = plt.subplots(figsize=(5, 4))
+        axis.plot(
+            [p[x] for p in plots[name]],
+            [p[y] for p in plots[name]],
+            marker="." if name == "calibration" else "",
+        )
+        axis.set(xlabel=x, ylabel=y, title=name)
+        drawn[name] = figure
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.barh(
+        [p["feature"] for p in plots["importance"]][::-1],
+        [p["importance"] for p in plots["importance"]][::-1],
+    )
+    axis.set(xlabel="drop in ROC AUC when permuted", title="feature importance")
+    figure.tight_layout()
+    drawn["importance"] = figure
+    return drawn
+
+
+def main() -> None:
+    params = load_params()
+    features = params["features"]
+    model_file = path("model") / "model.pkl"
+    model_bytes = model_file.read_bytes()
+    pipeline = pickle.loads(model_bytes)
+    test = pd.read_parquet(path("prepared") / "test.parquet")
+    x_test, y_test = model_inputs(test, features), labels(test, features)
+    probability = pipeline.predict_proba(x_test)[:, 1]
+
+    scores = classification_metrics(y_test, probability)
+    slices = slice_metrics(test, probability, y_test, params["evaluate"]["slices"])
+    plots = plot_data(
+        pipeline, x_test, y_test, probability, params["evaluate"]["calibration_bins"], params["train"]["seed"]
+    )
+
+    write_json(path("metrics"), scores)
+    write_json(path("reports") / "slices.json", slices)
+    for name, rows in plots.items():
+        write_json(path("plots") / f"{name}.json", rows)
+
+    configure()
+    run = find_training_run(hashlib.sha256(model_bytes).hexdigest(), experiment_name())
+    for run_id in (run.info.run_id, run.data.tags["chosen_run_id"]):
+        with mlflow.start_run(run_id=run_id, nested=run_id != run.info.run_id):
+            mlflow.log_metrics({f"test_{name}": value for name, value in scores.items()})
+    with mlflow.start_run(run_id=run.info.run_id):
+        mlflow.log_metrics(
+            {
+                f"test_slice.{column}.{value}.{metric}": entry[metric]
+                for column, values in slices.items()
+                for value, entry in values.items()
+                for metric in ("roc_auc", "accuracy", "f1")
+                if metric in entry
+            }
+        )
+        mlflow.log_dict(slices, "evaluation/slices.json")
+        mlflow.log_dict(scores, "evaluation/metrics.json")
+        mlflow.log_artifacts(str(path("plots")), "evaluation/plots")
+        for name, figure in figures(plots).items():
+            mlflow.log_figure(figure, f"evaluation/{name}.png")
+            plt.close(figure)
+    print(f"evaluate: test {', '.join(f'{k}={v:.4f}' for k, v in scores.items())}")
+
+
+def write_json(file: Path, content: Any) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(content, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""The classification metrics every stage reports, computed one way."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics
+
+DECISION_THRESHOLD = 0.5
+
+
+def classification_metrics(y_true: np.ndarray, probability: np.ndarray) -> dict[str, float]:
+    predicted = (probability >= DECISION_THRESHOLD).astype(int)
+    scores = {
+        "roc_auc": metrics.roc_auc_score(y_true, probability),
+        "pr_auc": metrics.average_precision_score(y_true, probability),
+        "accuracy": metrics.accuracy_score(y_true, predicted),
+        "precision": metrics.precision_score(y_true, predicted, zero_division=0),
+        "recall": metrics.recall_score(y_true, predicted, zero_division=0),
+        "f1": metrics.f1_score(y_true, predicted, zero_division=0),
+        "log_loss": metrics.log_loss(y_true, probability, labels=[0, 1]),
+        "brier": metrics.brier_score_loss(y_true, probability),
+    }
+    # Rounded so that metrics files are byte-identical across runs and readable in diffs.
+    return {name: round(float(value), 6) for name, value in scores.items()}

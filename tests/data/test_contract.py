@@ -1,0 +1,167 @@
+"""The validate stage refuses bad data: non-zero exit, a readable report naming check, column and count."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.support.pipeline import SAMPLE_ROWS, copy_repository, set_params
+from tests.support.processes import subprocess_env
+
+SPLITS = ("train", "val", "test")
+
+
+@pytest.fixture(scope="module")
+def clean_workspace(tmp_path_factory) -> Path:
+    """A repo copy whose prepare stage has produced clean, sample-sized splits."""
+    workdir = copy_repository(tmp_path_factory.mktemp("contract") / "repo")
+    set_params(workdir, {"data.sample_rows": SAMPLE_ROWS})
+    subprocess.run(
+        [sys.executable, "-m", "stages.prepare"],
+        cwd=workdir,
+        check=True,
+        capture_output=True,
+        env=subprocess_env(),
+    )
+    return workdir
+
+
+@pytest.fixture
+def workspace(clean_workspace, tmp_path) -> Path:
+    copy = tmp_path / "repo"
+    shutil.copytree(clean_workspace, copy, ignore=shutil.ignore_patterns(".git"))
+    return copy
+
+
+def corrupt(workspace: Path, split: str, change: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+    file = workspace / "data" / "prepared" / f"{split}.parquet"
+    change(pd.read_parquet(file)).to_parquet(file, index=False)
+
+
+def validate(workspace: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "stages.validate"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
+
+
+def report(workspace: Path) -> dict:
+    return json.loads((workspace / "data" / "reports" / "validation.json").read_text())
+
+
+def test_clean_data_passes(workspace):
+    result = validate(workspace)
+    assert result.returncode == 0, result.stderr
+    assert report(workspace) == {"passed": True, "rows": report(workspace)["rows"], "violations": []}
+
+
+def with_value(column: str, value, rows: int = 1):
+    def change(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.copy()
+        frame[column] = frame[column].astype(object)
+        frame.loc[: rows - 1, column] = value
+        return frame.astype({column: "string"}) if isinstance(value, str) else frame
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("split", "change", "expected"),
+    [
+        pytest.param(
+            "train",
+            lambda f: f.drop(columns=["age"]),
+            ["missing_column on column 'age'"],
+            id="missing-column",
+        ),
+        pytest.param(
+            "val",
+            lambda f: f.astype({"hours_per_week": "string"}),
+            ["dtype('int64')", "'hours_per_week'"],
+            id="wrong-dtype",
+        ),
+        pytest.param(
+            "test",
+            lambda f: f.assign(age=f["age"].where(f.index != 3, 150)),
+            ["in_range(17, 90)", "'age'", "1 failing", "e.g. 150"],
+            id="out-of-range-age",
+        ),
+        pytest.param(
+            "train",
+            with_value("income", "maybe", rows=2),
+            ["isin", "'income'", "2 failing", "maybe"],
+            id="unknown-label",
+        ),
+        pytest.param(
+            "val",
+            with_value("workclass", "Astronaut"),
+            ["isin", "'workclass'", "Astronaut"],
+            id="unknown-category",
+        ),
+        pytest.param(
+            "train",
+            lambda f: f.assign(occupation=f["occupation"].where(f.index % 5 != 0, None)),
+            ["missing_fraction<=0.08", "'occupation'"],
+            id="too-many-missing",
+        ),
+        pytest.param("test", lambda f: f.iloc[:0], ["row_count>=200", "[test]"], id="empty-split"),
+        pytest.param(
+            "train", lambda f: f.assign(income=">50K"), ["positive_fraction_in[0.1,0.5]"], id="class-balance"
+        ),
+        pytest.param(
+            "train",
+            lambda f: f.assign(extra=1),
+            ["unexpected_column on column 'extra'"],
+            id="unexpected-column",
+        ),
+    ],
+)
+def test_bad_data_is_refused_with_a_readable_report(workspace, split, change, expected):
+    corrupt(workspace, split, change)
+    result = validate(workspace)
+    assert result.returncode != 0
+    assert result.stderr.startswith("validate: "), result.stderr
+    failed = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
+    assert any(all(part in line for part in expected) for line in failed), result.stderr
+    assert any(line.startswith(f"  - [{split}]") for line in failed)
+    assert report(workspace)["passed"] is False
+
+
+def test_a_row_shared_between_splits_is_a_leak(workspace):
+    train = pd.read_parquet(workspace / "data" / "prepared" / "train.parquet")
+    corrupt(workspace, "test", lambda frame: pd.concat([frame, train.iloc[[7, 8]]], ignore_index=True))
+    result = validate(workspace)
+    assert result.returncode != 0
+    assert "no_row_shared_between_splits on table: 2 failing" in result.stderr
+    (violation,) = report(workspace)["violations"]
+    assert violation["split"] == "test,train"
+
+
+def test_an_empty_file_is_refused(workspace):
+    (workspace / "data" / "prepared" / "val.parquet").write_bytes(b"")
+    result = validate(workspace)
+    assert result.returncode != 0
+    assert "validate: cannot read" in result.stderr and "val.parquet" in result.stderr
+
+
+def test_prepare_refuses_a_source_whose_hash_changed(workspace):
+    set_params(workspace, {"data.sha256": "0" * 64})
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.prepare"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
+    assert result.returncode != 0
+    assert "params.yaml data.sha256 expects 0000" in result.stderr

@@ -1,0 +1,79 @@
+"""PostgreSQL databases and MLflow tracking servers, started for real."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import free_port, in_ci, running, subprocess_env
+
+POSTGRES_ADMIN_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+
+
+def _admin_connection():
+    import psycopg2
+
+    try:
+        connection = psycopg2.connect(POSTGRES_ADMIN_DSN, connect_timeout=5)
+    except psycopg2.OperationalError as error:
+        message = f"PostgreSQL is not reachable on 127.0.0.1:5432: {error}"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    connection.autocommit = True
+    return connection
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty database; dropped afterwards. Yields its SQLAlchemy URL."""
+    name = f"mlflow_test_{uuid.uuid4().hex[:12]}"
+    connection = _admin_connection()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.close()
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    url: str
+    backend_store_uri: str
+    artifacts_dir: Path
+
+
+@contextmanager
+def mlflow_server(workdir: Path) -> Iterator[MlflowServer]:
+    """`mlflow server` on a fresh PostgreSQL database with a proxied artifact store."""
+    port = free_port()
+    artifacts = workdir / "mlflow-artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with fresh_postgres_database() as backend:
+        args = [
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ]
+        env = subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        env.pop("MLFLOW_TRACKING_URI", None)
+        url = f"http://127.0.0.1:{port}"
+        with running(args, workdir / "mlflow-server.log", f"{url}/health", timeout=90, env=env, cwd=workdir):
+            yield MlflowServer(url=url, backend_store_uri=backend, artifacts_dir=artifacts)
