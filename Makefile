@@ -78,7 +78,62 @@ exp: venv ## a ready-made sweep: queue XGBoost depths and sizes, run two at a ti
 
 .PHONY: bench-pipeline
 bench-pipeline: venv ## wall time of a full `dvc repro` and of a no-op one
-	python tests/benchmarks/pipeline.py
+	python -m tests.benchmarks.pipeline
+
+# ---------------------------------------------------------------- CI/CD (.github/workflows call these)
+# The baseline of the gate and of the PR comment: a git ref (origin/<ref> where only that exists).
+BASE_REF ?= main
+PR_COMMENT ?= $(or $(RUNNER_TEMP),/tmp)/fast-mlops-pr-comment.md
+IMAGE_MODEL_DIR ?= $(or $(RUNNER_TEMP),/tmp)/fast-mlops-image-model
+DEPLOY_TIMEOUT ?= 300
+
+.PHONY: gate
+gate: venv ## fail if metrics.json misses a floor or regresses against BASE_REF (params.yaml `quality`)
+	python -m stages.gate --base $(BASE_REF)
+
+.PHONY: pr-comment
+pr-comment: venv ## write the PR comment (metric diff, params diff, gate verdict) to PR_COMMENT
+	python -m stages.pr_comment --base $(BASE_REF) --output $(PR_COMMENT)
+
+.PHONY: ci
+ci: venv ## what ci.yml runs, in its order, less posting and pushing: reproduce a CI failure here
+	$(MAKE) test
+	$(MAKE) repro
+	git diff --exit-code dvc.lock || { echo "dvc.lock is stale: run 'make repro' and commit it"; exit 1; }
+	$(MAKE) pr-comment
+	$(MAKE) gate
+	python -m stages.export_model --output $(IMAGE_MODEL_DIR)
+	@echo "ci: passed; the comment is in $(PR_COMMENT), the model to bake in $(IMAGE_MODEL_DIR)"
+
+.PHONY: deploy
+deploy: venv ## CD: promote staging, roll out IMAGE, verify DEPLOY_URL, roll back on failure
+	python -m stages.deploy --timeout $(DEPLOY_TIMEOUT)
+
+# ---------------------------------------------------------------- the stack (compose.yaml, monitoring/)
+COMPOSE := docker compose --env-file .env
+NEED_ENV_FILE = @test -f .env || { echo "make: .env is missing: copy .env.example to .env and fill in its secrets" >&2; exit 1; }
+
+.PHONY: up
+up: ## build and start the stack: api, MLflow on PostgreSQL, Prometheus, Alertmanager, Grafana, cAdvisor
+	$(NEED_ENV_FILE)
+	$(COMPOSE) up --detach --build --wait
+
+.PHONY: down
+down: ## stop the stack (its named volumes stay: `docker compose down --volumes` deletes them)
+	$(NEED_ENV_FILE)
+	$(COMPOSE) down
+
+.PHONY: logs
+logs: ## follow the stack's logs
+	$(NEED_ENV_FILE)
+	$(COMPOSE) logs --follow --tail=100
+
+.PHONY: monitoring-check
+monitoring-check: ## promtool and amtool: Prometheus config, rules and their unit tests, Alertmanager config
+	promtool check config monitoring/prometheus/prometheus.yml
+	promtool check rules monitoring/prometheus/rules/*.yml
+	cd monitoring/prometheus/tests && promtool test rules *.yml
+	amtool check-config monitoring/alertmanager/alertmanager.yml
 
 .PHONY: mlflow-ui
 mlflow-ui: venv ## browse the local runs and registry

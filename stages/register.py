@@ -87,16 +87,16 @@ def production_score(name: str, alias: str, primary: str) -> tuple[float | None,
     try:
         model = mlflow.sklearn.load_model(f"models:/{name}@{alias}")
         probability = model.predict_proba(model_inputs(test, params["features"]))[:, 1]
-        return round(
-            float(SCORERS[primary](labels(test, params["features"]), probability)), 6
-        ), version.version
+        return round(float(SCORERS[primary](labels(test, params["features"]), probability)), 6), str(
+            version.version
+        )
     except Exception as error:
         recorded = version.tags.get(f"metric.{primary}")
         print(
             f"register: production v{version.version} cannot score the current test split ({error}); "
             f"using its recorded {primary}={recorded}"
         )
-        return (float(recorded) if recorded else None), version.version
+        return (float(recorded) if recorded else None), str(version.version)
 
 
 def main() -> None:

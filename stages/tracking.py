@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
+from filelock import FileLock
 from mlflow.entities import Run
 
 from stages.config import load_params, project_root
@@ -27,10 +29,18 @@ def configure() -> str:
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     name = load_params()["mlflow"]["experiment"]
-    if mlflow.get_experiment_by_name(name) is None:
-        # Fixed at creation from the cwd unless given: make it absolute for a local store.
-        location = (project_root() / "mlruns" / name).as_uri() if uri.startswith(SQLITE_PREFIX) else None
-        mlflow.create_experiment(name, artifact_location=location)
+    # Parallel queued experiments may meet a new SQLite file at the same moment; both would run MLflow's
+    # schema migrations and one would fail. The first one in creates the schema and the experiment.
+    lock = (
+        FileLock(f"{uri.removeprefix(SQLITE_PREFIX)}.lock")
+        if uri.startswith(SQLITE_PREFIX)
+        else nullcontext()
+    )
+    with lock:
+        if mlflow.get_experiment_by_name(name) is None:
+            # Fixed at creation from the cwd unless given: make it absolute for a local store.
+            location = (project_root() / "mlruns" / name).as_uri() if uri.startswith(SQLITE_PREFIX) else None
+            mlflow.create_experiment(name, artifact_location=location)
     mlflow.set_experiment(name)
     return uri
 

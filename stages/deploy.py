@@ -1,0 +1,148 @@
+"""`make deploy`, what cd.yml runs: promote, roll out, verify, and roll back when the check fails.
+
+1. Move the registry's production alias to the staging version (`python -m stages.promote`), when
+   there is one: a commit whose model did not beat production leaves no staging version, and ships its
+   image with production's model unchanged. The running service polls the alias and hot-reloads the
+   model; no restart is needed for a new model.
+2. When DEPLOY_HOOK_URL is set, POST {"image": ..., "model_version": ...} to it (with DEPLOY_TOKEN as a
+   bearer token) so the platform pulls the new image. Most hosts offer such a deploy hook; a host
+   without one can run a small receiver, or leave it unset and ship models only.
+3. Verify DEPLOY_URL: /ready answers 200 and /model names the new production version (deploy_check).
+4. On failure: move the alias back (`python -m stages.promote --rollback`) if this run moved it,
+   re-post the previous image if one is known, verify that the old version serves again, and fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from stages.config import load_params
+from stages.deploy_check import Expected, Outcome, registry_version, verify
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The outside world, injected so that the sequence is testable without a registry or a platform."""
+
+    production: Callable[[], Expected | None]
+    staging: Callable[[], Expected | None]
+    promote: Callable[[], None]
+    rollback: Callable[[], None]
+    rollout: Callable[[str, Expected], None] | None  # None: no deploy hook configured
+    verify: Callable[[Expected], Outcome]
+
+
+def deploy(steps: Steps, image: str | None, previous_image: str | None) -> bool:
+    before, staged = steps.production(), steps.staging()
+    if staged is None or staged == before:
+        # A commit that trained no better model: the image still ships, production's model stays.
+        print("deploy: no new staging version; production's model stays as it is", flush=True)
+    else:
+        steps.promote()
+    after = steps.production()
+    if after is None:
+        print("deploy: the registry has no production version after promotion", flush=True)
+        return False
+    moved = after != before
+    print(
+        f"deploy: production is {after.name} v{after.version}" + ("" if moved else " (unchanged)"), flush=True
+    )
+    try:
+        if steps.rollout and image:
+            steps.rollout(image, after)
+        outcome = steps.verify(after)
+    except OSError as error:  # the hook refused or was unreachable: the alias has moved all the same
+        outcome = Outcome(False, f"rollout of {image} failed: {error}")
+    if outcome.ok:
+        print(f"deploy: verified: {outcome.message}", flush=True)
+        return True
+
+    print(f"deploy: verification FAILED: {outcome.message}; rolling back", flush=True)
+    if moved and before is not None:
+        steps.rollback()
+    if steps.rollout and previous_image and before is not None:
+        steps.rollout(previous_image, before)
+    if before is None:
+        print("deploy: there was no earlier production version to return to", flush=True)
+        return False
+    restored = steps.verify(before)
+    state = "serving again" if restored.ok else f"NOT verified either: {restored.message}"
+    print(f"deploy: rolled back to {before.name} v{before.version}, {state}", flush=True)
+    return False
+
+
+def post_hook(hook_url: str, token: str | None, image: str, model: Expected) -> None:
+    body = json.dumps({"image": image, "model_name": model.name, "model_version": model.version}).encode()
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(hook_url, data=body, headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        print(f"deploy: rollout of {image} accepted ({response.status})", flush=True)
+
+
+def _promote(*flags: str) -> Callable[[], None]:
+    def run() -> None:
+        subprocess.run([sys.executable, "-m", "stages.promote", *flags], check=True)
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--url", default=os.environ.get("DEPLOY_URL"), help="the service (default: $DEPLOY_URL)"
+    )
+    parser.add_argument(
+        "--image", default=os.environ.get("IMAGE"), help="image to roll out (default: $IMAGE)"
+    )
+    parser.add_argument(
+        "--previous-image", default=os.environ.get("PREVIOUS_IMAGE"), help="image to go back to"
+    )
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the service")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls")
+    args = parser.parse_args(argv)
+    if not args.url:
+        parser.error("give --url or set DEPLOY_URL: the running service to verify")
+
+    mlflow_params = load_params()["mlflow"]
+    name, aliases = mlflow_params["model_name"], mlflow_params["aliases"]
+
+    def at_alias(alias: str) -> Callable[[], Expected | None]:
+        def lookup() -> Expected | None:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                return registry_version(name, alias)
+            except MlflowException:  # no such alias (or model) yet
+                return None
+
+        return lookup
+
+    hook_url, token = os.environ.get("DEPLOY_HOOK_URL"), os.environ.get("DEPLOY_TOKEN")
+    steps = Steps(
+        production=at_alias(aliases["production"]),
+        staging=at_alias(aliases["staging"]),
+        promote=_promote(),
+        rollback=_promote("--rollback"),
+        rollout=(lambda image, model: post_hook(hook_url, token, image, model)) if hook_url else None,
+        verify=lambda expected: verify(args.url, expected, timeout=args.timeout, interval=args.interval),
+    )
+    try:
+        return 0 if deploy(steps, args.image, args.previous_image) else 1
+    except subprocess.CalledProcessError as error:
+        print(f"deploy: {' '.join(error.cmd[1:])} failed with exit code {error.returncode}", flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Copy a registered model out of the registry, to bake it into the api image.
+
+    python -m stages.export_model --output DIR                    # staging if set, else production
+    python -m stages.export_model --alias production --output DIR
+
+By default it takes the model that is Production once this commit is deployed: the staging version
+that cd.yml is about to promote, or the current Production when nothing is staged. An image built
+this way serves the right model even where it cannot reach the registry, and so passes the deploy
+check. It prints the version it copied (and nothing else on stdout), so CI can tag the image with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from stages.config import load_params
+from stages.tracking import tracking_uri
+
+
+def export(model_name: str, aliases: list[str], output: Path) -> tuple[str, str]:
+    """Download the version behind the first alias that is set into `output` (replacing it).
+    Returns (alias, version)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    for alias in aliases:
+        try:
+            version = str(client.get_model_version_by_alias(model_name, alias).version)
+            break
+        except MlflowException:
+            continue
+    else:
+        raise SystemExit(f"export-model: {model_name} has none of the aliases {', '.join(aliases)}")
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{model_name}/{version}", dst_path=str(output), tracking_uri=tracking_uri()
+    )
+    return alias, version
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = load_params()["mlflow"]
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--alias",
+        action="append",
+        help="alias to export; repeat for fallbacks (default: staging, then production)",
+    )
+    parser.add_argument("--output", type=Path, required=True, help="directory to write the MLflow model into")
+    args = parser.parse_args(argv)
+    aliases = args.alias or [names["aliases"]["staging"], names["aliases"]["production"]]
+    alias, version = export(names["model_name"], aliases, args.output)
+    print(
+        f"export-model: {names['model_name']}@{alias} is v{version}, written to {args.output}",
+        file=sys.stderr,
+    )
+    print(version)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

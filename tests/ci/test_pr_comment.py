@@ -1,0 +1,140 @@
+"""The pull-request comment, compared as exact markdown."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from stages import pr_comment
+from stages.config import load_params
+from stages.gate import evaluate, rules_from_params
+from stages.pr_comment import ABSENT, params_diff, render
+
+RULES = rules_from_params(
+    {
+        "floors": {"roc_auc": 0.90},
+        "tolerances": {
+            "roc_auc": {"direction": "higher", "tolerance": 0.005},
+            "log_loss": {"direction": "lower", "tolerance": 0.01},
+        },
+    }
+)
+MAIN = {"roc_auc": 0.93, "log_loss": 0.30, "recall": 0.60}
+PARAMS_MAIN = {"train.xgboost.max_depth": 6, "train.candidates": ["logreg", "xgboost"], "evaluate.bins": 10}
+
+
+def test_a_failing_gate_renders_its_reasons_and_both_tables():
+    current = {"roc_auc": 0.92, "log_loss": 0.295, "recall": 0.61, "f1": 0.7}
+    params_here = {"train.xgboost.max_depth": 8, "train.candidates": ["logreg", "xgboost"], "new.flag": None}
+    markdown = render(evaluate(current, MAIN, RULES), current, MAIN, params_here, PARAMS_MAIN)
+    assert markdown == (
+        "## Model quality gate\n"
+        "\n"
+        "**❌ Gate failed**:\n"
+        "\n"
+        "- roc_auc regressed by 0.0100 (0.9300 → 0.9200), more than its tolerance 0.0050 (higher is better)\n"
+        "\n"
+        "### Metrics (test split)\n"
+        "\n"
+        "| Metric | main | this branch | change | rule | |\n"
+        "|---|---:|---:|---:|---|:-:|\n"
+        "| roc_auc | 0.9300 | 0.9200 | -0.0100 | ≥ 0.9000, drop ≤ 0.0050 | ❌ |\n"
+        "| log_loss | 0.3000 | 0.2950 | -0.0050 | rise ≤ 0.0100 | ✅ |\n"
+        "| recall | 0.6000 | 0.6100 | +0.0100 |  |  |\n"
+        "| f1 | — | 0.7000 | new |  |  |\n"
+        "\n"
+        "### Params\n"
+        "\n"
+        "| Param | main | this branch |\n"
+        "|---|---|---|\n"
+        "| train.xgboost.max_depth | `6` | `8` |\n"
+        "| evaluate.bins | `10` | — |\n"
+        "| new.flag | — | `null` |\n"
+        "\n"
+        "<sub>Floors and tolerances live in `params.yaml` under `quality`; `make gate` applies them.</sub>\n"
+    )
+
+
+def test_a_passing_gate_with_a_missing_ungated_metric_and_no_param_change():
+    current = {"roc_auc": 0.935, "log_loss": 0.29}
+    markdown = render(evaluate(current, MAIN, RULES), current, MAIN, PARAMS_MAIN, PARAMS_MAIN)
+    assert markdown == (
+        "## Model quality gate\n"
+        "\n"
+        "**✅ Gate passed**: every gated metric clears its floor and stays within its tolerance of main.\n"
+        "\n"
+        "### Metrics (test split)\n"
+        "\n"
+        "| Metric | main | this branch | change | rule | |\n"
+        "|---|---:|---:|---:|---|:-:|\n"
+        "| roc_auc | 0.9300 | 0.9350 | +0.0050 | ≥ 0.9000, drop ≤ 0.0050 | ✅ |\n"
+        "| log_loss | 0.3000 | 0.2900 | -0.0100 | rise ≤ 0.0100 | ✅ |\n"
+        "| recall | 0.6000 | — | missing |  |  |\n"
+        "\n"
+        "### Params\n"
+        "\n"
+        "No parameter differs from main.\n"
+        "\n"
+        "<sub>Floors and tolerances live in `params.yaml` under `quality`; `make gate` applies them.</sub>\n"
+    )
+
+
+def test_the_first_run_says_there_is_no_baseline():
+    current = {"roc_auc": 0.92, "log_loss": 0.3}
+    verdict = evaluate(current, None, RULES, base_label="origin/main")
+    markdown = render(verdict, current, None, PARAMS_MAIN, None, base_label="origin/main")
+    assert markdown == (
+        "## Model quality gate\n"
+        "\n"
+        "**✅ Gate passed**: every gated metric clears its floor.\n"
+        "\n"
+        "> No baseline metrics on origin/main yet: only the absolute floors were checked.\n"
+        "\n"
+        "### Metrics (test split)\n"
+        "\n"
+        "| Metric | origin/main | this branch | change | rule | |\n"
+        "|---|---:|---:|---:|---|:-:|\n"
+        "| roc_auc | — | 0.9200 | — | ≥ 0.9000, drop ≤ 0.0050 | ✅ |\n"
+        "| log_loss | — | 0.3000 | — | rise ≤ 0.0100 | ✅ |\n"
+        "\n"
+        "### Params\n"
+        "\n"
+        "No `params.yaml` on origin/main to compare with.\n"
+        "\n"
+        "<sub>Floors and tolerances live in `params.yaml` under `quality`; `make gate` applies them.</sub>\n"
+    )
+
+
+def test_a_missing_gated_metric_is_marked_failed_in_the_table():
+    current = {"log_loss": 0.3}
+    markdown = render(evaluate(current, MAIN, RULES), current, MAIN, PARAMS_MAIN, PARAMS_MAIN)
+    assert "- roc_auc is missing from the metrics\n" in markdown
+    assert "| roc_auc | 0.9300 | — | missing | ≥ 0.9000, drop ≤ 0.0050 | ❌ |\n" in markdown
+
+
+def test_params_diff_tells_null_from_absent_and_escapes_table_pipes():
+    assert params_diff({"a": None, "b": 1}, {"b": 1, "c": None}) == [("c", None, ABSENT), ("a", ABSENT, None)]
+    table = pr_comment.params_table({"data.source": "a|b"}, {"data.source": "c"}, "main")
+    assert table[-1] == "| data.source | `c` | `a\\|b` |"
+
+
+def test_main_writes_the_comment_for_a_real_branch(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    params = {"paths": {"metrics": "data/metrics.json"}, "quality": {"floors": {"roc_auc": 0.9}}, "seed": 1}
+    (repo / "params.yaml").write_text(json.dumps(params))
+    (repo / "data" / "metrics.json").write_text(json.dumps({"roc_auc": 0.93}))
+    identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    for command in (["init", "-q", "-b", "main"], ["add", "."], [*identity, "commit", "-q", "-m", "base"]):
+        subprocess.run(["git", *command], cwd=repo, check=True)
+    (repo / "params.yaml").write_text(json.dumps({**params, "seed": 2}))
+    (repo / "data" / "metrics.json").write_text(json.dumps({"roc_auc": 0.95}))
+    monkeypatch.chdir(repo)
+    load_params.cache_clear()
+    try:
+        assert pr_comment.main(["--output", str(tmp_path / "out" / "comment.md")]) == 0
+    finally:
+        load_params.cache_clear()
+    markdown = (tmp_path / "out" / "comment.md").read_text()
+    assert "| roc_auc | 0.9300 | 0.9500 | +0.0200 | ≥ 0.9000 | ✅ |\n" in markdown
+    assert "| seed | `1` | `2` |\n" in markdown

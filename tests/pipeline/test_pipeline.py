@@ -1,0 +1,114 @@
+"""`dvc repro` end to end on a sample: every stage, MLflow runs, the registry, and reproducibility."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import mlflow
+import pytest
+import yaml
+
+from tests.support.pipeline import run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def client(trained_pipeline, monkeypatch) -> mlflow.MlflowClient:
+    """A client on the pipeline's store; module-level mlflow calls in the test go there too."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_pipeline.tracking_uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(trained_pipeline.tracking_uri)
+    yield mlflow.MlflowClient()
+    mlflow.set_tracking_uri(previous)
+
+
+def head_sha(workdir) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+
+
+def test_every_stage_writes_its_outputs(trained_pipeline):
+    data = trained_pipeline.workdir / "data"
+    expected = [
+        "prepared/train.parquet", "prepared/val.parquet", "prepared/test.parquet",
+        "reports/validation.json", "reports/candidates.json", "model/model.pkl", "model/feature_metadata.json",
+        "metrics.json", "reports/slices.json", "reports/registry.json",
+        *(f"plots/{name}.json" for name in ("roc", "pr", "confusion", "calibration", "importance")),
+    ]  # fmt: skip
+    assert [name for name in expected if not (data / name).is_file()] == []
+    metrics = json.loads((data / "metrics.json").read_text())
+    assert set(metrics) == {"roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1", "log_loss", "brier"}
+    slices = json.loads((data / "reports" / "slices.json").read_text())
+    assert set(slices) == {"gender", "race"}
+    assert set(slices["gender"]) == {"Female", "Male"}
+    assert json.loads((data / "reports" / "validation.json").read_text())["passed"] is True
+
+
+def test_training_is_one_parent_run_with_a_nested_run_per_candidate(trained_pipeline, client):
+    experiment = client.get_experiment_by_name("adult-income")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.model_sha256 != ''")
+    assert parent.data.tags["git_sha"] == head_sha(trained_pipeline.workdir)
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(child.data.params["family"] for child in children) == ["logreg", "xgboost"]
+    for child in children:
+        assert {"val_roc_auc", "val_pr_auc", "val_log_loss"} <= set(child.data.metrics)
+    chosen = next(child for child in children if child.info.run_id == parent.data.tags["chosen_run_id"])
+    assert "test_roc_auc" in chosen.data.metrics and "test_roc_auc" in parent.data.metrics
+    assert any(key.startswith("test_slice.gender.") for key in parent.data.metrics)
+    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "evaluation")}
+    assert {"evaluation/roc.png", "evaluation/plots", "evaluation/slices.json"} <= artifacts
+
+    info = mlflow.models.get_model_info(parent.data.tags["chosen_model_uri"])
+    assert info.signature is not None and info.saved_input_example_info is not None
+    metadata = info.metadata["feature_metadata"]
+    assert metadata["feature_order"][0] == "age" and "workclass" in metadata["categorical"]
+    assert sum(metadata["numeric"]["age"]["histogram"]["fractions"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_model_is_registered_with_lineage_and_moves_by_aliases(trained_pipeline, client):
+    (version,) = client.search_model_versions(f"name = '{trained_pipeline.model_name}'")
+    lock = yaml.safe_load((trained_pipeline.workdir / "dvc.lock").read_text())
+    metrics = json.loads((trained_pipeline.workdir / "data" / "metrics.json").read_text())
+    assert version.tags["git_sha"] == head_sha(trained_pipeline.workdir)
+    assert version.tags["data_hash"] == lock["stages"]["prepare"]["outs"][0]["md5"]
+    assert float(version.tags["metric.roc_auc"]) == metrics["roc_auc"]
+    assert version.tags["status"] == "production"
+    assert version.tags["replaced_version"] == "none"
+    model = client.get_registered_model(trained_pipeline.model_name)
+    assert {alias: str(v) for alias, v in model.aliases.items()} == {
+        "development": str(version.version),
+        "production": str(version.version),
+    }
+    registry = json.loads((trained_pipeline.workdir / "data" / "reports" / "registry.json").read_text())
+    assert registry["staging"] is True and registry["version"] == str(version.version)
+
+
+def test_running_again_with_nothing_changed_does_nothing(trained_pipeline, client):
+    watched = ["dvc.lock", "data/metrics.json", "data/model/model.pkl"]
+    before = {name: (trained_pipeline.workdir / name).read_bytes() for name in watched}
+    result = run(trained_pipeline.workdir, trained_pipeline.tracking_uri, "dvc", "repro")
+    assert "Data and pipelines are up to date." in result.stdout
+    assert {name: (trained_pipeline.workdir / name).read_bytes() for name in watched} == before
+    assert len(client.search_model_versions(f"name = '{trained_pipeline.model_name}'")) == 1
+
+
+def test_a_fresh_clone_reproduces_the_committed_lock_byte_for_byte(trained_pipeline, tmp_path):
+    """Commit what the pipeline produced, clone it (no DVC cache, new MLflow store), reproduce, compare."""
+    source = tmp_path / "source"
+    shutil.copytree(trained_pipeline.workdir, source, ignore=shutil.ignore_patterns("cache", "tmp"))
+    subprocess.run(["git", "add", "-A"], cwd=source, check=True)
+    subprocess.run(["git", "commit", "-qm", "pipeline outputs"], cwd=source, check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(source), str(clone)], check=True)
+    assert not (clone / "data" / "prepared").exists()
+
+    run(clone, f"sqlite:///{tmp_path / 'fresh.db'}", "dvc", "repro")
+    changed = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True
+    ).stdout
+    assert changed == ""
