@@ -117,6 +117,8 @@ def main() -> None:
         pipeline, x_test, y_test, probability, params["evaluate"]["calibration_bins"], params["train"]["seed"]
     )
 
+    path("predictions").parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"label": y_test, "probability": probability}).to_parquet(path("predictions"), index=False)
     write_json(path("metrics"), scores)
     write_json(path("reports") / "slices.json", slices)
     for name, rows in plots.items():

@@ -142,6 +142,9 @@ def main() -> None:
     out = path("reports") / "registry.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
+    # Only what is the same on every run of the same model: this is the out DVC hashes.
+    submitted = {"model_name": model_name, "model_sha256": run.data.tags["model_sha256"], "metrics": scores}
+    path("registered").write_text(json.dumps(submitted, indent=2) + "\n")
     verdict = "-> staging" if decision.staging else "stays in development (not staged)"
     print(f"register: {model_name} v{version.version} {verdict}")
     for reason in decision.reasons:

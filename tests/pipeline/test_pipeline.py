@@ -35,7 +35,7 @@ def test_every_stage_writes_its_outputs(trained_pipeline):
     expected = [
         "prepared/train.parquet", "prepared/val.parquet", "prepared/test.parquet",
         "reports/validation.json", "reports/candidates.json", "model/model.pkl", "model/feature_metadata.json",
-        "metrics.json", "reports/slices.json", "reports/registry.json",
+        "metrics.json", "predictions/test.parquet", "registered.json", "reports/slices.json", "reports/registry.json",
         *(f"plots/{name}.json" for name in ("roc", "pr", "confusion", "calibration", "importance")),
     ]  # fmt: skip
     assert [name for name in expected if not (data / name).is_file()] == []
