@@ -73,8 +73,8 @@ exp: venv ## a ready-made sweep: queue XGBoost depths and sizes, run two at a ti
 	dvc exp run --queue -S 'train.xgboost.max_depth=4,8' -S 'train.xgboost.n_estimators=150,300'
 	dvc queue start -j 2
 	@while dvc queue status | grep -qE 'Queued|Running'; do sleep 5; done
-	dvc queue status
 	dvc exp show --md --only-changed
+	@! dvc queue status | grep -E ' Failed' || { echo "some experiments failed: dvc queue logs <name>"; exit 1; }
 
 .PHONY: bench-pipeline
 bench-pipeline: venv ## wall time of a full `dvc repro` and of a no-op one

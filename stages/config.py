@@ -35,7 +35,10 @@ def load_params() -> dict[str, Any]:
 
 
 def path(name: str) -> Path:
-    return workspace() / load_params()["paths"][name]
+    """A path from params.yaml `paths`, with its folder created: every stage writes where it reads it."""
+    resolved = workspace() / load_params()["paths"][name]
+    resolved.parent.mkdir(parents=True, exist_ok=True)
+    return resolved
 
 
 def git_sha() -> str:
@@ -46,6 +49,21 @@ def git_sha() -> str:
         return result.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("DVC_EXP_BASELINE_REV", "unknown")
+
+
+def git_dirty() -> bool:
+    """Whether the code that ran differs from the commit that `git_sha` names."""
+    try:
+        result = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=workspace(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return bool(result.stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return False
 
 
 def experiment_name() -> str:

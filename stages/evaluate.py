@@ -16,7 +16,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.inspection import permutation_importance
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from stages.config import experiment_name, load_params, path
+from stages.config import load_params, path
 from stages.features import labels, model_inputs
 from stages.metrics import DECISION_THRESHOLD, classification_metrics
 from stages.tracking import configure, find_training_run
@@ -120,12 +120,12 @@ def main() -> None:
     path("predictions").parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"label": y_test, "probability": probability}).to_parquet(path("predictions"), index=False)
     write_json(path("metrics"), scores)
-    write_json(path("reports") / "slices.json", slices)
+    write_json(path("slices"), slices)
     for name, rows in plots.items():
         write_json(path("plots") / f"{name}.json", rows)
 
     configure()
-    run = find_training_run(hashlib.sha256(model_bytes).hexdigest(), experiment_name())
+    run = find_training_run(hashlib.sha256(model_bytes).hexdigest())
     for run_id in (run.info.run_id, run.data.tags["chosen_run_id"]):
         with mlflow.start_run(run_id=run_id, nested=run_id != run.info.run_id):
             mlflow.log_metrics({f"test_{name}": value for name, value in scores.items()})

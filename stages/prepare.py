@@ -79,8 +79,17 @@ def main() -> None:
             "If the new file is intended, put its sha256 in params.yaml."
         )
 
-    frame = read_raw(source, data["index_column"], data["missing_markers"])
+    try:
+        frame = read_raw(source, data["index_column"], data["missing_markers"])
+    except (OSError, ValueError) as error:  # pandas' EmptyDataError and ParserError are ValueErrors
+        sys.exit(f"prepare: cannot read {source}: {error}")
+    frame = frame.drop(columns=[snake_case(name) for name in data["drop_columns"]], errors="ignore")
     target = params["features"]["target"]
+    if target not in frame.columns or frame.empty:
+        sys.exit(
+            f"prepare: {source} has {len(frame)} rows and columns {list(frame.columns)}; it needs rows and "
+            f"the target column '{target}' (params.yaml features.target)"
+        )
     if data["sample_rows"]:
         frame, _ = train_test_split(
             frame, train_size=int(data["sample_rows"]), stratify=frame[target], random_state=prepare["seed"]

@@ -34,12 +34,12 @@ def promote(client: mlflow.MlflowClient, name: str, aliases: dict[str, str], onl
     if staged is None:
         raise SystemExit(
             f"promote: {name} has no '{aliases['staging']}' version; run `dvc repro` and check "
-            "data/reports/registry.json for why the last version was not staged"
+            f"{load_params()['paths']['registry_report']} for why the last version was not staged"
         )
     if current is not None and current.version == staged.version:
         return f"{name}: v{staged.version} is already production"
     stamp = _stamp()
-    replaced = current.version if current is not None else "none"
+    replaced = str(current.version) if current is not None else "none"
     client.set_registered_model_alias(name, aliases["production"], staged.version)
     client.delete_registered_model_alias(name, aliases["staging"])
     for key, value in {
@@ -52,7 +52,8 @@ def promote(client: mlflow.MlflowClient, name: str, aliases: dict[str, str], onl
     if current is not None:
         client.set_model_version_tag(name, current.version, "status", "archived")
         client.set_model_version_tag(name, current.version, "replaced_by", str(staged.version))
-    return f"{name}: production v{replaced} -> v{staged.version} (by {stamp['by']} at {stamp['at']})"
+    before = f"v{replaced}" if current is not None else "(none)"
+    return f"{name}: production {before} -> v{staged.version} (by {stamp['by']} at {stamp['at']})"
 
 
 def rollback(client: mlflow.MlflowClient, name: str, aliases: dict[str, str]) -> str:
@@ -70,6 +71,7 @@ def rollback(client: mlflow.MlflowClient, name: str, aliases: dict[str, str]) ->
     client.set_model_version_tag(name, current.version, "rolled_back_at", stamp["at"])
     client.set_model_version_tag(name, current.version, "rolled_back_by", stamp["by"])
     client.set_model_version_tag(name, previous, "status", "production")
+    client.delete_model_version_tag(name, previous, "replaced_by")
     return (
         f"{name}: production v{current.version} -> v{previous} (rollback by {stamp['by']} at {stamp['at']})"
     )

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from dataclasses import dataclass, field
+from typing import Any
 
 import mlflow
 import pandas as pd
 import yaml
 from mlflow.exceptions import MlflowException
-from sklearn import metrics as sk_metrics
 
-from stages.config import experiment_name, git_sha, load_params, path, workspace
+from stages.config import experiment_name, git_dirty, git_sha, load_params, path, workspace
 from stages.features import labels, model_inputs
+from stages.metrics import classification_metrics
 from stages.tracking import configure, find_training_run
-
-SCORERS = {"roc_auc": sk_metrics.roc_auc_score, "pr_auc": sk_metrics.average_precision_score}
 
 
 @dataclass
@@ -28,36 +28,65 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Incumbent:
+    """A version the candidate must beat, scored on the candidate's own test split (None: unscorable)."""
+
+    alias: str
+    version: str
+    score: float | None
+    error: str = ""
+
+
 def decide(
     candidate: dict[str, float],
-    floors: dict[str, float],
-    primary: str,
-    margin: float,
-    production: float | None,
+    quality: dict[str, Any],
+    incumbents: list[Incumbent],
 ) -> Decision:
-    """Staging needs every floor cleared AND the primary metric above production's by more than margin."""
+    """Staging needs every floor cleared AND the primary metric better than every incumbent's (production
+    and the current staging version) by more than the margin, in the metric's own direction."""
+    primary, margin = quality["primary_metric"], quality["promotion_margin"]
     reasons = []
-    for name, floor in floors.items():
+    for name, floor in quality["floors"].items():
+        higher = quality["tolerances"].get(name, {}).get("direction", "higher") == "higher"
         value = candidate.get(name)
         if value is None:
             reasons.append(f"FAIL floor {name}: metric missing")
-        elif value < floor:
-            reasons.append(f"FAIL floor {name}: {value:.6f} < {floor}")
+        elif (value >= floor) if higher else (value <= floor):
+            reasons.append(f"ok floor {name}: {value:.6f} {'>=' if higher else '<='} {floor}")
         else:
-            reasons.append(f"ok floor {name}: {value:.6f} >= {floor}")
-    if production is None:
-        reasons.append(f"ok no production version yet; {primary} {candidate[primary]:.6f} stands alone")
-    elif candidate[primary] - production > margin:
+            reasons.append(f"FAIL floor {name}: {value:.6f} {'<' if higher else '>'} {floor}")
+    higher = quality["tolerances"].get(primary, {}).get("direction", "higher") == "higher"
+    ours = candidate[primary]
+    if not incumbents:
+        reasons.append(f"ok no production or staging version yet; {primary} {ours:.6f} stands alone")
+    for incumbent in incumbents:
+        name = f"{incumbent.alias} v{incumbent.version}"
+        if incumbent.score is None:
+            reasons.append(
+                f"FAIL {name} cannot be scored on this test split ({incumbent.error}); compare by hand"
+            )
+            continue
+        gain = (ours - incumbent.score) if higher else (incumbent.score - ours)
+        verdict = "ok beats" if gain > margin else "FAIL does not beat"
         reasons.append(
-            f"ok beats production on {primary}: {candidate[primary]:.6f} vs {production:.6f} "
-            f"(margin {margin})"
-        )
-    else:
-        reasons.append(
-            f"FAIL does not beat production on {primary}: {candidate[primary]:.6f} vs "
-            f"{production:.6f} (needs > {margin} better)"
+            f"{verdict} {name} on {primary}: {ours:.6f} vs {incumbent.score:.6f} (margin {margin})"
         )
     return Decision(staging=not any(reason.startswith("FAIL") for reason in reasons), reasons=reasons)
+
+
+def approval_rules() -> dict[str, Any]:
+    """The quality bar of the commit the run started from. Inside `dvc exp run` the workspace's
+    params.yaml carries the experiment's -S overrides, and an experiment must not set its own bar."""
+    params = load_params()
+    if not experiment_name():
+        return params["quality"]
+    committed = subprocess.run(
+        ["git", "show", "HEAD:params.yaml"], cwd=workspace(), capture_output=True, text=True, check=False
+    )
+    if committed.returncode != 0:
+        raise SystemExit(f"register: cannot read the baseline params.yaml: {committed.stderr.strip()}")
+    return yaml.safe_load(committed.stdout)["quality"]
 
 
 def data_hash() -> str:
@@ -75,46 +104,47 @@ def data_hash() -> str:
     return digest.hexdigest()
 
 
-def production_score(name: str, alias: str, primary: str) -> tuple[float | None, str | None]:
-    """Production's primary metric on the CURRENT test split, so both models face the same rows."""
+def incumbents(name: str, aliases: dict[str, str], primary: str) -> list[Incumbent]:
+    """Production and staging, each scored on the CURRENT test split, so all face the same rows."""
     client = mlflow.MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None, None
-    params = load_params()
+    features = load_params()["features"]
     test = pd.read_parquet(path("prepared") / "test.parquet")
-    try:
-        model = mlflow.sklearn.load_model(f"models:/{name}@{alias}")
-        probability = model.predict_proba(model_inputs(test, params["features"]))[:, 1]
-        return round(float(SCORERS[primary](labels(test, params["features"]), probability)), 6), str(
-            version.version
-        )
-    except Exception as error:
-        recorded = version.tags.get(f"metric.{primary}")
-        print(
-            f"register: production v{version.version} cannot score the current test split ({error}); "
-            f"using its recorded {primary}={recorded}"
-        )
-        return (float(recorded) if recorded else None), str(version.version)
+    found, seen = [], set()
+    for alias in (aliases["production"], aliases["staging"]):
+        try:
+            version = client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            continue
+        if str(version.version) in seen:
+            continue
+        seen.add(str(version.version))
+        # Any failure (a feature it lacks, an incompatible artifact) means no fair comparison is possible.
+        try:
+            model = mlflow.sklearn.load_model(f"models:/{name}/{version.version}")
+            probability = model.predict_proba(model_inputs(test, features))[:, 1]
+        except Exception as error:
+            found.append(Incumbent(alias, str(version.version), None, f"{type(error).__name__}: {error}"))
+            continue
+        score = classification_metrics(labels(test, features), probability)[primary]
+        found.append(Incumbent(alias, str(version.version), score))
+    return found
 
 
 def main() -> None:
     params = load_params()
-    quality, names = params["quality"], params["mlflow"]
+    names = params["mlflow"]
     model_name, aliases = names["model_name"], names["aliases"]
+    quality = approval_rules()
     scores = json.loads(path("metrics").read_text())
 
     configure()
-    run = find_training_run(
-        hashlib.sha256((path("model") / "model.pkl").read_bytes()).hexdigest(), experiment_name()
-    )
-    primary = quality["primary_metric"]
-    production, production_version = production_score(model_name, aliases["production"], primary)
-    decision = decide(scores, quality["floors"], primary, quality["promotion_margin"], production)
+    run = find_training_run(hashlib.sha256((path("model") / "model.pkl").read_bytes()).hexdigest())
+    rivals = incumbents(model_name, aliases, quality["primary_metric"])
+    decision = decide(scores, quality, rivals)
 
     tags = {
         "git_sha": git_sha(),
+        "git_dirty": str(git_dirty()).lower(),
         "data_hash": data_hash(),
         "dvc_exp_name": experiment_name(),
         "training_run_id": run.info.run_id,
@@ -127,6 +157,10 @@ def main() -> None:
     client = mlflow.MlflowClient()
     client.set_registered_model_alias(model_name, aliases["development"], version.version)
     if decision.staging:
+        for rival in rivals:
+            if rival.alias == aliases["staging"]:
+                client.set_model_version_tag(model_name, rival.version, "status", "superseded")
+                client.set_model_version_tag(model_name, rival.version, "superseded_by", str(version.version))
         client.set_registered_model_alias(model_name, aliases["staging"], version.version)
 
     report = {
@@ -135,13 +169,10 @@ def main() -> None:
         "aliases": [aliases["development"], *([aliases["staging"]] if decision.staging else [])],
         "staging": decision.staging,
         "reasons": decision.reasons,
-        "production_version": production_version,
-        "production_score": production,
+        "compared_with": [rival.__dict__ for rival in rivals],
         "tags": {key: value for key, value in tags.items() if key != "decision"},
     }
-    out = path("reports") / "registry.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    path("registry_report").write_text(json.dumps(report, indent=2) + "\n")
     # Only what is the same on every run of the same model: this is the out DVC hashes.
     submitted = {"model_name": model_name, "model_sha256": run.data.tags["model_sha256"], "metrics": scores}
     path("registered").write_text(json.dumps(submitted, indent=2) + "\n")

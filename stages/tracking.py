@@ -45,11 +45,10 @@ def configure() -> str:
     return uri
 
 
-def find_training_run(model_sha256: str, dvc_experiment: str) -> Run:
-    """The parent run that trained exactly this model file (and, inside `dvc exp`, under this name)."""
+def find_training_run(model_sha256: str) -> Run:
+    """The latest parent run that trained exactly this model file. An experiment whose train stage DVC
+    restored from its cache uses the run that first trained the model."""
     query = f"tags.model_sha256 = '{model_sha256}'"
-    if dvc_experiment:
-        query += f" AND tags.dvc_exp_name = '{dvc_experiment}'"
     runs = mlflow.search_runs(
         filter_string=query, order_by=["attributes.start_time DESC"], max_results=1, output_format="list"
     )

@@ -18,7 +18,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from xgboost import XGBClassifier
 
-from stages.config import experiment_name, git_sha, load_params, path
+from stages.config import experiment_name, git_dirty, git_sha, load_params, path
 from stages.features import feature_metadata, labels, model_inputs
 from stages.metrics import classification_metrics
 from stages.tracking import configure
@@ -76,7 +76,7 @@ def main() -> None:
 
     configure()
     run_name = experiment_name() or f"repro-{git_sha()[:8]}"
-    tags = {"dvc_exp_name": experiment_name(), "git_sha": git_sha()}
+    tags = {"dvc_exp_name": experiment_name(), "git_sha": git_sha(), "git_dirty": str(git_dirty()).lower()}
     candidates: dict[str, dict[str, Any]] = {}
     fitted: dict[str, Pipeline] = {}
     with mlflow.start_run(run_name=run_name, tags=tags) as parent:
@@ -91,7 +91,8 @@ def main() -> None:
                     pipeline,
                     name="model",
                     serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
-                    signature=infer_signature(example, pipeline.predict_proba(example)),
+                    # From all validation rows, so columns that may be missing are optional in the schema.
+                    signature=infer_signature(x_val, pipeline.predict_proba(x_val)),
                     input_example=example,
                     pyfunc_predict_fn="predict_proba",
                     metadata={"feature_metadata": metadata},
@@ -132,9 +133,7 @@ def main() -> None:
         "chosen": best,
         "candidates": {family: item["val"] for family, item in candidates.items()},
     }
-    out = path("reports") / "candidates.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    path("candidates").write_text(json.dumps(report, indent=2) + "\n")
     print(f"train: chose {best} (MLflow run {parent.info.run_id})")
 
 

@@ -37,9 +37,7 @@ def main() -> None:
         "rows": {name: len(frame) for name, frame in splits.items()},
         "violations": found,
     }
-    out = path("reports") / "validation.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    path("validation").write_text(json.dumps(report, indent=2) + "\n")
     if found:
         sys.exit(render(found))
     print(f"validate: all checks passed ({report['rows']})")

@@ -11,24 +11,45 @@ import mlflow
 import pandas as pd
 import pytest
 
-from stages.register import decide
+from stages.register import Incumbent, decide
 from tests.support.pipeline import copy_repository, run, sample_params, set_params
 
 pytestmark = pytest.mark.slow
 
-FLOORS = {"roc_auc": 0.9, "accuracy": 0.8}
+QUALITY = {
+    "primary_metric": "roc_auc",
+    "promotion_margin": 0.0,
+    "floors": {"roc_auc": 0.9, "accuracy": 0.8, "log_loss": 0.35},
+    "tolerances": {"roc_auc": {"direction": "higher"}, "log_loss": {"direction": "lower"}},
+}
+GOOD = {"roc_auc": 0.93, "accuracy": 0.86, "log_loss": 0.3}
 
 
-def test_decide_needs_every_floor_and_a_win_over_production():
-    good = {"roc_auc": 0.93, "accuracy": 0.86}
-    assert decide(good, FLOORS, "roc_auc", 0.0, production=None).staging
-    assert decide(good, FLOORS, "roc_auc", 0.0, production=0.92).staging
-    assert not decide(good, FLOORS, "roc_auc", 0.0, production=0.93).staging, "a tie is not a win"
-    assert not decide(good, FLOORS, "roc_auc", 0.02, production=0.92).staging, "within the margin"
-    below = decide({"roc_auc": 0.95, "accuracy": 0.79}, FLOORS, "roc_auc", 0.0, production=None)
+def test_decide_needs_every_floor_and_a_win_over_every_incumbent():
+    assert decide(GOOD, QUALITY, []).staging
+    assert decide(GOOD, QUALITY, [Incumbent("production", "1", 0.92)]).staging
+    tie = decide(GOOD, QUALITY, [Incumbent("production", "1", 0.93)])
+    assert not tie.staging, "a tie is not a win"
+    assert "FAIL does not beat production v1 on roc_auc: 0.930000 vs 0.930000 (margin 0.0)" in tie.reasons
+    within = decide(GOOD, {**QUALITY, "promotion_margin": 0.02}, [Incumbent("production", "1", 0.92)])
+    assert not within.staging, "within the margin"
+    better_staging = [Incumbent("production", "1", 0.90), Incumbent("staging", "3", 0.94)]
+    assert not decide(GOOD, QUALITY, better_staging).staging, "a worse model must not displace staging"
+
+
+def test_floors_follow_each_metric_direction_and_missing_metrics_fail():
+    below = decide({**GOOD, "accuracy": 0.79}, QUALITY, [])
     assert not below.staging and "FAIL floor accuracy: 0.790000 < 0.8" in below.reasons
-    missing = decide({"roc_auc": 0.95}, FLOORS, "roc_auc", 0.0, production=None)
+    too_uncertain = decide({**GOOD, "log_loss": 0.4}, QUALITY, [])
+    assert not too_uncertain.staging and "FAIL floor log_loss: 0.400000 > 0.35" in too_uncertain.reasons
+    missing = decide({"roc_auc": 0.95, "log_loss": 0.3}, QUALITY, [])
     assert "FAIL floor accuracy: metric missing" in missing.reasons
+
+
+def test_an_incumbent_that_cannot_be_scored_blocks_staging():
+    unscorable = decide(GOOD, QUALITY, [Incumbent("production", "1", None, "KeyError: 'age'")])
+    assert not unscorable.staging
+    assert any("production v1 cannot be scored" in reason for reason in unscorable.reasons)
 
 
 @pytest.fixture
@@ -61,10 +82,13 @@ def test_a_worse_model_is_registered_but_never_staged(registry_copy):
     versions = {str(v.version): v for v in client.search_model_versions("name = 'adult-income'")}
     assert sorted(versions, key=int) == ["1", "2"]
     assert versions["2"].tags["status"] == "rejected"
-    assert "FAIL does not beat production on roc_auc" in versions["2"].tags["decision"]
+    assert "FAIL does not beat production v1 on roc_auc" in versions["2"].tags["decision"]
     assert aliases(client) == {"production": "1", "development": "2"}
     registry = json.loads((workdir / "data" / "reports" / "registry.json").read_text())
-    assert registry["staging"] is False and registry["production_version"] == "1"
+    assert registry["staging"] is False
+    assert [(rival["alias"], rival["version"]) for rival in registry["compared_with"]] == [
+        ("production", "1")
+    ]
 
     refused = run(workdir, uri, "python", "-m", "stages.promote", check=False)
     assert refused.returncode != 0 and "has no 'staging' version" in refused.stderr
