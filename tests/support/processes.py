@@ -52,6 +52,9 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = N
             with urllib.request.urlopen(url, timeout=2) as response:
                 if 200 <= response.status < 300:
                     return
+        except urllib.error.HTTPError as error:
+            with error:  # a not-yet-ready 503 holds a socket; close it or pytest reports it as leaked
+                last_error = error
         except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
             last_error = error
         time.sleep(0.25)

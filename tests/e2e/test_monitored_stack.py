@@ -1,0 +1,210 @@
+"""The stack without Docker: every process of compose.yaml that holds this project's logic or config runs
+for real on loopback, with the project's own files.
+
+MLflow on a fresh PostgreSQL database <- the pipeline on a sample, promoted to production <- the api,
+which loads it from the registry <- Prometheus with prometheus.yml (only its targets rewritten) and the
+rules (only `for:` shortened) -> Alertmanager with alertmanager.yml through entrypoint.sh -> a webhook
+inside this test. The test drives traffic, evaluates every dashboard query, stops the api, and waits for
+ApiDown to be delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.monitoring.native import (
+    PanelQuery,
+    loopback_prometheus_config,
+    panel_queries,
+    query,
+    rules_with_short_for,
+    running_alertmanager,
+    running_prometheus,
+    wait_until,
+    wait_until_ready,
+    webhook_receiver,
+)
+from tests.support.pipeline import trained_and_promoted
+from tests.support.processes import REPO_ROOT, free_port, require_tool, running, stop, subprocess_env
+from tests.support.services import mlflow_server
+
+# Test-only: long enough to go through `pending`, short enough that the test does not wait minutes.
+SHORT_FOR = "1s"
+TRAFFIC_LIMIT = 5000  # requests of the background load, at most
+API_SERIES = [
+    'up{job="api"} == 1',
+    'model_loaded{job="api"} == 1',
+    'model_info{job="api"}',
+    'http_requests_total{job="api", handler="/predict", status="2xx"}',
+    'predictions_total{job="api"}',
+    'unknown_category_total{job="api"}',
+    'request_validation_errors_total{job="api", field="age"}',
+]
+
+
+def post(url: str, payload: Any) -> int:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as error:
+        with error:  # an unclosed error response is a ResourceWarning, and warnings are errors here
+            return error.code
+
+
+def records(workdir: Path, count: int) -> list[dict[str, Any]]:
+    """Rows of the test split, as the api takes them: features only, missing values as null."""
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    frame = pd.read_parquet(workdir / "data" / "prepared" / "test.parquet").head(count)
+    frame = frame.drop(columns=[params["features"]["target"]]).astype(object)
+    return frame.where(frame.notna(), None).to_dict(orient="records")
+
+
+def an_unseen_category(workdir: Path) -> tuple[str, str]:
+    """An allowed category that the sample's training split never contained: the api accepts it and counts
+    it in unknown_category_total."""
+    metadata = json.loads((workdir / "data" / "model" / "feature_metadata.json").read_text())
+    for feature, meta in metadata["categorical"].items():
+        unseen = sorted(set(meta["allowed"]) - set(meta["categories"]))
+        if unseen:
+            return feature, unseen[0]
+    raise AssertionError("the training sample saw every allowed category; pick another sample size")
+
+
+def drive_traffic(api: str, rows: list[dict[str, Any]], unseen: tuple[str, str]) -> dict[int, int]:
+    """One round of everything the Service dashboard shows: single and batch predictions, an unseen
+    category, invalid fields. Returns the count per status code."""
+    statuses: dict[int, int] = {}
+
+    def count(status: int) -> None:
+        statuses[status] = statuses.get(status, 0) + 1
+
+    for row in rows:
+        count(post(f"{api}/predict", row))
+    count(post(f"{api}/predict/batch", {"records": rows[:50]}))
+    feature, category = unseen
+    count(post(f"{api}/predict", {**rows[0], feature: category}))
+    count(post(f"{api}/predict", {**rows[0], "age": -5}))  # out of range: 422 on `age`
+    count(post(f"{api}/predict", {**rows[0], "hours_per_week": "forty"}))  # wrong type: 422
+    return statuses
+
+
+class BackgroundLoad:
+    """A steady trickle of valid predictions, so that every 1m rate and quantile has fresh samples while
+    the dashboards are evaluated. Bounded in count; stops on request."""
+
+    def __init__(self, api: str, rows: list[dict[str, Any]]):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(api, rows), daemon=True)
+
+    def _run(self, api: str, rows: list[dict[str, Any]]) -> None:
+        for index in range(TRAFFIC_LIMIT):
+            if self._stop.wait(0.05):
+                return
+            try:
+                post(f"{api}/predict", rows[index % len(rows)])
+            except OSError:
+                return
+
+    def __enter__(self) -> BackgroundLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+def sample_values(answer: dict[str, Any]) -> list[float]:
+    assert answer["status"] == "success", answer
+    return [float(item["value"][1]) for item in answer["data"]["result"]]
+
+
+def panels_without_data(prometheus: str, panels: list[PanelQuery]) -> dict[str, list[float]]:
+    """Each panel whose query returns no sample, or NaN (a quantile or ratio over no requests)."""
+    missing = {}
+    for panel in panels:
+        values = sample_values(query(prometheus, panel.expr))
+        if not values or any(math.isnan(value) for value in values):
+            missing[f"{panel.dashboard} / {panel.panel}: {panel.expr}"] = values
+    return missing
+
+
+@pytest.mark.slow
+def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(tmp_path):
+    require_tool("prometheus")
+    require_tool("prometheus-alertmanager")
+
+    with mlflow_server(tmp_path / "mlflow") as mlflow:
+        pipeline = trained_and_promoted(tmp_path / "repo", mlflow.url)
+        params = yaml.safe_load((pipeline.workdir / "params.yaml").read_text())
+        rows = records(pipeline.workdir, 200)
+        unseen = an_unseen_category(pipeline.workdir)
+
+        api_port, prometheus_port, cadvisor_port = free_port(), free_port(), free_port()
+        api = f"http://127.0.0.1:{api_port}"
+        api_env = subprocess_env(
+            MLFLOW_TRACKING_URI=mlflow.url,
+            MODEL_NAME=pipeline.model_name,
+            MODEL_ALIAS=params["mlflow"]["aliases"]["production"],
+            RELOAD_INTERVAL_SECONDS="30",
+        )
+        api_args = ["python", "-m", "api", "--host", "127.0.0.1", "--port", str(api_port)]
+        rules = rules_with_short_for(tmp_path / "rules", SHORT_FOR)
+
+        with (
+            webhook_receiver() as webhook,
+            running_alertmanager(webhook.url, tmp_path / "alertmanager") as alertmanager,
+            running(api_args, tmp_path / "api.log", env=api_env, cwd=REPO_ROOT) as api_process,
+        ):
+            # /ready answers 503 until the model is loaded from the registry.
+            wait_until_ready(f"{api}/ready", api_process, tmp_path / "api.log", timeout=180)
+            targets = {
+                "api:8000": f"127.0.0.1:{api_port}",
+                "cadvisor:8080": f"127.0.0.1:{cadvisor_port}",  # not running natively: container panels only parse
+                "localhost:9090": f"127.0.0.1:{prometheus_port}",
+                "alertmanager:9093": alertmanager.removeprefix("http://"),
+            }
+            config = loopback_prometheus_config(targets, rules)
+            with running_prometheus(config, tmp_path / "prometheus", port=prometheus_port) as prometheus:
+                statuses = drive_traffic(api, rows, unseen)
+                assert statuses.get(200) == len(rows) + 2, statuses
+                assert statuses.get(422) == 2, statuses
+
+                with BackgroundLoad(api, rows):
+                    # 1. Prometheus holds the api's series.
+                    for series in API_SERIES:
+                        wait_until(lambda s=series: sample_values(query(prometheus, s)), 60, what=series)
+
+                    # 2. Every panel query evaluates; every api panel has data. Rates need two scrapes and
+                    # a rule evaluation after the traffic, hence the polling.
+                    api_panels = [panel for panel in panel_queries() if "containers" not in panel.tags]
+                    container_panels = [panel for panel in panel_queries() if "containers" in panel.tags]
+                    assert api_panels and container_panels
+                    try:
+                        wait_until(lambda: not panels_without_data(prometheus, api_panels), 120, interval=2)
+                    except TimeoutError:
+                        pytest.fail(f"api panels without data: {panels_without_data(prometheus, api_panels)}")
+                    for panel in container_panels:  # no cAdvisor here: they only have to evaluate
+                        sample_values(query(prometheus, panel.expr))
+
+                # 3. The fault: the api stops. ApiDown must travel Prometheus -> Alertmanager -> webhook.
+                assert webhook.alerts("ApiDown") == [], "ApiDown fired while the api was up"
+                stop(api_process)
+                receiver, alert = webhook.wait_for("ApiDown", timeout=150)
+                assert receiver == "critical"
+                assert alert["labels"]["job"] == "api"
+                assert alert["labels"]["instance"] == targets["api:8000"]
+                assert alert["annotations"]["summary"] and alert["annotations"]["runbook"]

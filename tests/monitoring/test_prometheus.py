@@ -1,0 +1,125 @@
+"""prometheus.yml and the rules: promtool's checks and unit tests, and what promtool cannot know."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.monitoring.native import (
+    COMPOSE_FILE,
+    PROMETHEUS_CONFIG,
+    RULE_TESTS_DIR,
+    alerting_rules,
+    load_yaml,
+    loopback_prometheus_config,
+    rule_files,
+)
+from tests.support.processes import require_tool
+
+SEVERITIES = {"critical", "warning"}
+
+
+def promtool(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([require_tool("promtool"), *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_promtool_accepts_the_config_and_finds_every_rule_file():
+    result = promtool("check", "config", str(PROMETHEUS_CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(rule_files())} rule files found" in result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_rules():
+    result = promtool("check", "rules", *map(str, rule_files()))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_unit_tests_pass():
+    tests = sorted(RULE_TESTS_DIR.glob("*.yml"))
+    assert tests, "no promtool unit tests"
+    result = promtool("test", "rules", *(path.name for path in tests), cwd=RULE_TESTS_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_unit_tested_both_firing_and_quiet():
+    firing, quiet = set(), set()
+    for path in RULE_TESTS_DIR.glob("*.yml"):
+        for case in load_yaml(path)["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    alerts = {rule["alert"] for rule in alerting_rules()}
+    assert alerts - firing == set(), "alerts without a firing test"
+    assert alerts - quiet == set(), "alerts without a test where they stay quiet"
+    assert (firing | quiet) - alerts == set(), "tests of alerts that do not exist"
+
+
+def test_the_issue_s_alerts_exist():
+    alerts = {rule["alert"] for rule in alerting_rules()}
+    assert alerts >= {
+        "ApiDown",
+        "ApiHighLatencyP95",
+        "ApiHighErrorRatio",
+        "ModelInferenceSlow",
+        "ModelNotLoaded",
+        "ModelReloadFailing",
+        "NoPredictionsWhileTraffic",
+        "ContainerCpuHigh",
+        "ContainerMemoryNearLimit",
+        "TargetMissing",
+    }
+
+
+@pytest.mark.parametrize("rule", alerting_rules(), ids=lambda rule: rule["alert"])
+def test_every_alert_says_what_why_and_what_to_do(rule):
+    assert rule["labels"]["severity"] in SEVERITIES
+    for annotation in ("summary", "description", "runbook"):
+        assert rule["annotations"].get(annotation, "").strip(), f"{rule['alert']} has no {annotation}"
+
+
+def test_error_ratio_alert_is_guarded_against_zero_traffic():
+    (rule,) = [rule for rule in alerting_rules() if rule["alert"] == "ApiHighErrorRatio"]
+    assert "job:http_requests:rate1m >" in rule["expr"]
+
+
+def test_scrapes_the_api_cadvisor_itself_and_alertmanager():
+    config = load_yaml(PROMETHEUS_CONFIG)
+    jobs = {scrape["job_name"]: scrape for scrape in config["scrape_configs"]}
+    assert set(jobs) >= {"api", "cadvisor", "prometheus", "alertmanager"}
+    assert jobs["api"].get("metrics_path", "/metrics") == "/metrics"
+    assert config["alerting"]["alertmanagers"], "alerts go nowhere"
+
+
+def test_every_target_is_a_compose_service_on_a_port_it_serves():
+    """A renamed service or a moved port would silently leave a target down."""
+    services = load_yaml(COMPOSE_FILE)["services"]
+    config = load_yaml(PROMETHEUS_CONFIG)
+    targets = [target for scrape in config["scrape_configs"] for static in scrape["static_configs"]
+               for target in static["targets"]]  # fmt: skip
+    targets += [target for manager in config["alerting"]["alertmanagers"]
+                for static in manager["static_configs"] for target in static["targets"]]  # fmt: skip
+    known_ports = {"api": 8000, "cadvisor": 8080, "alertmanager": 9093, "prometheus": 9090}
+    for target in targets:
+        host, port = target.rsplit(":", 1)
+        service = "prometheus" if host == "localhost" else host
+        assert service in services, f"{target}: no compose service {service}"
+        assert int(port) == known_ports[service], target
+        published = [str(mapping) for mapping in services[service].get("ports", [])]
+        if published:
+            assert any(mapping.endswith(f":{port}") for mapping in published), (target, published)
+
+
+def test_the_loopback_rewrite_changes_only_addresses_and_rule_paths(tmp_path):
+    original = load_yaml(PROMETHEUS_CONFIG)
+    names = ["api:8000", "cadvisor:8080", "localhost:9090", "alertmanager:9093"]
+    mapping = {name: f"127.0.0.1:{10000 + index}" for index, name in enumerate(names)}
+    rewritten = loopback_prometheus_config(mapping, tmp_path)
+
+    assert rewritten["scrape_configs"][0]["static_configs"][0]["targets"][0].startswith("127.0.0.1:")
+    assert rewritten["rule_files"] == [str(tmp_path / "*.yml")]
+    for config in (original, rewritten):
+        for section in [*config["scrape_configs"], *config["alerting"]["alertmanagers"]]:
+            for static in section["static_configs"]:
+                static["targets"] = []
+        config["rule_files"] = []
+    assert rewritten == original
