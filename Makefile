@@ -76,6 +76,14 @@ exp: venv ## a ready-made sweep: queue XGBoost depths and sizes, run two at a ti
 	dvc exp show --md --only-changed
 	@! dvc queue status | grep -E ' Failed' || { echo "some experiments failed: dvc queue logs <name>"; exit 1; }
 
+.PHONY: serve
+serve: venv ## serve the production model on API_HOST:API_PORT (MODEL_NAME, MODEL_ALIAS, MODEL_URI override)
+	python -m api --host $(API_HOST) --port $(API_PORT)
+
+.PHONY: bench
+bench: venv system-deps ## the api vs `mlflow models serve` vs bare FastAPI (wrk, 32 connections); needs a production model
+	python -m tests.benchmarks.api
+
 .PHONY: bench-pipeline
 bench-pipeline: venv ## wall time of a full `dvc repro` and of a no-op one
 	python -m tests.benchmarks.pipeline

@@ -1,12 +1,14 @@
 """`make bench`: the prediction service against `mlflow models serve` and a bare FastAPI endpoint.
 
-All three serve the registered model `MODEL_NAME@MODEL_ALIAS` from MLFLOW_TRACKING_URI on loopback, one at
-a time, each in one process with one thread for numeric work. wrk (with tests/benchmarks/post.lua) drives
-each with the same single-row POSTs over 32 connections. The bare endpoint validates the same payload with
-the same request model and returns a constant: the ceiling FastAPI itself allows. Then 1,000-row batches
-go to this service alone. Server-side `model_inference_seconds` comes from the service's /metrics.
+All three serve the registered model `MODEL_NAME@MODEL_ALIAS` from MLFLOW_TRACKING_URI, on loopback, each in
+one process with one thread for numeric work. wrk (with tests/benchmarks/post.lua) drives each with the same
+single-row POSTs over 32 connections. The bare endpoint validates the same payload with the same request
+model and returns a constant: the ceiling FastAPI itself allows. The three run side by side and are measured
+in interleaved rounds, medians reported, which keeps the machine's drift out of the ratios. Then 1,000-row
+batches go to this service alone (4 connections: a few keep one process busy). Server-side
+`model_inference_seconds` comes from the service's own /metrics.
 
-    python -m tests.benchmarks.api [--duration 10] [--connections 32]
+    python -m tests.benchmarks.api [--rounds 5] [--duration 4] [--connections 32]
 
 Figures are reported against the targets of the issue; they are not asserted (a benchmark is not a test).
 """
@@ -15,10 +17,14 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +79,8 @@ def wrk(url: str, bodies: Path, duration: float, connections: int, threads: int)
         f"-c{connections}",
         f"-d{round(duration)}s",
         "--latency",
+        "--timeout",
+        "10s",
         "-s",
         str(LUA_SCRIPT),
         url,
@@ -84,7 +92,9 @@ def wrk(url: str, bodies: Path, duration: float, connections: int, threads: int)
     if line is None:
         raise RuntimeError(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")
     raw = json.loads(line.removeprefix("WRK_RESULT "))
-    failures = {key: raw[key] for key in ("non_2xx", "connect_errors", "read_errors", "write_errors", "timeouts")}
+    failures = {
+        key: raw[key] for key in ("non_2xx", "connect_errors", "read_errors", "write_errors", "timeouts")
+    }
     if any(failures.values()):
         raise RuntimeError(f"{url}: wrk saw failures {failures}")
     seconds = raw["duration_us"] / 1e6
@@ -179,45 +189,73 @@ def serve_bare(port: int) -> None:
     )
 
 
-def measure_server(
-    name: str,
-    args: list[str],
-    ready_path: str,
-    predict_path: str,
-    single: Path,
-    env: dict[str, str],
-    options: argparse.Namespace,
-    first_body: Any,
-    extra: Any = None,
-) -> dict[str, Any]:
+@dataclass
+class Server:
+    name: str
+    args: list[str]
+    ready_path: str
+    predict_path: str
+    bodies: Path
+    first_body: Any
+    base: str = ""
+    rounds: list[dict[str, float]] = field(default_factory=list)
+
+
+def start(stack: ExitStack, server: Server, env: dict[str, str]) -> None:
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [part.replace("{port}", str(port)) for part in args]
-    log = OUTPUT_DIR / f"{name.replace(' ', '-')}.log"
-    started = time.monotonic()
-    with running(command, log, ready_url=f"{base}{ready_path}", timeout=180, env=env, cwd=REPO_ROOT):
-        print(
-            f"bench: {name} is up after {time.monotonic() - started:.1f}s (log: {log.relative_to(REPO_ROOT)})"
-        )
-        post_json(f"{base}{predict_path}", first_body)  # the payload is accepted before timing starts
-        wrk(f"{base}{predict_path}", single, options.warmup, options.connections, options.threads)
-        before = histogram_buckets(f"{base}/metrics", INFERENCE_METRIC) if extra is not None else {}
-        result = wrk(f"{base}{predict_path}", single, options.duration, options.connections, options.threads)
-        if extra is not None:
-            after = histogram_buckets(f"{base}/metrics", INFERENCE_METRIC)
-            result["inference_p50_ms"] = histogram_quantile(0.5, before, after) * 1000
-            result.update(extra(base, result))
-    return result
+    server.base = f"http://127.0.0.1:{port}"
+    command = [part.replace("{port}", str(port)) for part in server.args]
+    log = OUTPUT_DIR / f"{server.name.split(' (')[0].replace(' ', '-')}.log"
+    began = time.monotonic()
+    stack.enter_context(running(command, log, env=env, cwd=REPO_ROOT))
+    wait_until_ready(f"{server.base}{server.ready_path}", timeout=180)
+    post_json(f"{server.base}{server.predict_path}", server.first_body)  # accepted before any timing
+    print(
+        f"bench: {server.name} is up after {time.monotonic() - began:.1f}s (log: {log.relative_to(REPO_ROOT)})"
+    )
+
+
+def wait_until_ready(url: str, timeout: float) -> None:
+    """Like tests.support.processes.wait_for_http, but closes each non-2xx answer (/ready gives 503s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as error:
+            error.close()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def summarise(server: Server) -> dict[str, Any]:
+    return {
+        key: median([item[key] for item in server.rounds]) for key in ("requests_per_s", "p50_ms", "p99_ms")
+    } | {"rounds_requests_per_s": [round(item["requests_per_s"]) for item in server.rounds]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per server")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the three servers")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds of load per server per round")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before the first round")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument(
+        "--batch-connections",
+        type=int,
+        default=4,
+        help="connections for the 1,000-row batches: a few keep one process busy",
+    )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     options = parser.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -258,69 +296,90 @@ def main() -> int:
         [{"records": rows[i : i + BATCH_ROWS]} for i in range(0, len(rows), BATCH_ROWS)],
     )
 
-    env = subprocess_env(
-        OMP_NUM_THREADS="1",
-        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
-        **({"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri} if settings.mlflow_tracking_uri else {}),
-    )
+    env = subprocess_env(OMP_NUM_THREADS="1", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
+    if settings.mlflow_tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
     python = sys.executable
+    ours = Server(
+        "this service",
+        [python, "-m", "api", "--port", "{port}", "--log-level", "warning"],
+        "/ready",
+        "/predict",
+        single,
+        complete[0],
+    )
+    mlflow = Server(
+        "mlflow models serve",
+        [
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            target,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "{port}",
+            "-w",
+            "1",
+        ],
+        "/ping",
+        "/invocations",
+        mlflow_single,
+        {"dataframe_records": [complete[0]]},
+    )
+    bare = Server(
+        "bare FastAPI (constant)",
+        [python, "-m", "tests.benchmarks.api", "--serve-bare", "{port}"],
+        "/health",
+        "/predict",
+        single,
+        complete[0],
+    )
+    servers = [ours, mlflow, bare]
 
-    def service_extras(base: str, single_result: dict[str, Any]) -> dict[str, Any]:
-        post_json(f"{base}/predict/batch", {"records": rows[:BATCH_ROWS]})
-        wrk(f"{base}/predict/batch", batches, options.warmup, options.connections, options.threads)
-        batch = wrk(f"{base}/predict/batch", batches, options.duration, options.connections, options.threads)
-        return {
-            "batch_rows_per_s": batch["requests_per_s"] * BATCH_ROWS,
-            "batch_p50_ms": batch["p50_ms"],
-            "batch_p99_ms": batch["p99_ms"],
-        }
+    def load(
+        server: Server,
+        seconds: float,
+        bodies: Path | None = None,
+        path: str | None = None,
+        connections: int | None = None,
+    ) -> dict[str, float]:
+        return wrk(
+            f"{server.base}{path or server.predict_path}",
+            bodies or server.bodies,
+            seconds,
+            connections or options.connections,
+            options.threads,
+        )
 
-    results = {
-        "this service": measure_server(
-            "this service",
-            [python, "-m", "api", "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning"],
-            "/ready",
-            "/predict",
-            single,
-            env,
-            options,
-            complete[0],
-            service_extras,
-        ),
-        "mlflow models serve": measure_server(
-            "mlflow models serve",
-            [
-                "mlflow",
-                "models",
-                "serve",
-                "-m",
-                target,
-                "--env-manager",
-                "local",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                "{port}",
-                "-w",
-                "1",
-            ],
-            "/ping",
-            "/invocations",
-            mlflow_single,
-            env,
-            options,
-            {"dataframe_records": [complete[0]]},
-        ),
-        "bare FastAPI (constant)": measure_server(
-            "bare FastAPI",
-            [python, "-m", "tests.benchmarks.api", "--serve-bare", "{port}"],
-            "/health",
-            "/predict",
-            single,
-            env,
-            options,
-            complete[0],
-        ),
+    with ExitStack() as stack:
+        for server in servers:
+            start(stack, server, env)
+        for server in servers:
+            load(server, options.warmup)
+        # The machine's speed drifts (other tenants, turbo); interleaving the servers round by round and
+        # taking medians keeps that drift out of the ratios.
+        before = histogram_buckets(f"{ours.base}/metrics", INFERENCE_METRIC)
+        for round_index in range(options.rounds):
+            order = servers[round_index % len(servers) :] + servers[: round_index % len(servers)]
+            for server in order:
+                server.rounds.append(load(server, options.duration))
+        after = histogram_buckets(f"{ours.base}/metrics", INFERENCE_METRIC)
+        inference_p50_ms = histogram_quantile(0.5, before, after) * 1000
+        load(ours, options.warmup, batches, "/predict/batch", options.batch_connections)
+        batch_rounds = [
+            load(ours, options.duration, batches, "/predict/batch", options.batch_connections)
+            for _ in range(3)
+        ]
+    results = {server.name: summarise(server) for server in servers}
+    results[ours.name] |= {
+        "inference_p50_ms": inference_p50_ms,
+        "batch_rows_per_s": median([item["requests_per_s"] for item in batch_rounds]) * BATCH_ROWS,
+        "batch_p50_ms": median([item["p50_ms"] for item in batch_rounds]),
+        "batch_p99_ms": median([item["p99_ms"] for item in batch_rounds]),
     }
     report(results, options, registered.version, served.predictor.kind)
     return 0
@@ -337,8 +396,9 @@ def report(results: dict[str, dict[str, Any]], options: argparse.Namespace, vers
         return "meets target" if ok else "MISSES target"
 
     print(
-        f"\nsingle-row POST, wrk {options.threads} threads x {options.connections} connections, "
-        f"{options.duration:g} s per server, loopback, {os.cpu_count()} cores (model v{version}, {kind})"
+        f"\nsingle-row POST, wrk {options.threads} threads x {options.connections} connections, medians of "
+        f"{options.rounds} interleaved {options.duration:g} s rounds, loopback, {os.cpu_count()} cores "
+        f"(model v{version}, {kind})"
     )
     print(f"{'server':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for name, result in results.items():

@@ -1,0 +1,203 @@
+"""The two predictors: the generic one (the logged pipeline through a DataFrame) and the fast one that
+`api.compiler` builds from it, which needs no pandas per request."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+Row = Mapping[str, Any]
+# Positions in the one-hot lookups that set no column: a category never seen in training (counted), and a
+# missing value whose imputed fill was never seen either (not an unknown category).
+UNKNOWN, NO_COLUMN = -1, -2
+
+
+class UnsupportedPipeline(Exception):
+    """The pipeline's shape is not one the fast path can replay exactly."""
+
+
+class Predictor(Protocol):
+    kind: str
+
+    def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
+        """Positive-class probabilities, and how many values per feature the model never saw in training."""
+        ...
+
+    def predict_one(self, row: Row) -> tuple[float, dict[str, int]]:
+        """The same for one record."""
+        ...
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The model's input columns, in the signature's order, split the way the model treats them."""
+
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        return (*self.numeric, *self.categorical)
+
+
+def to_frame(rows: Sequence[Row], columns: Columns) -> pd.DataFrame:
+    """What the logged pipeline was trained on: float64 numerics, object categoricals, NaN for missing."""
+    data: dict[str, Any] = {}
+    for name in columns.numeric:
+        data[name] = np.array([row[name] for row in rows], dtype=np.float64)
+    for name in columns.categorical:
+        data[name] = np.array([np.nan if row[name] is None else row[name] for row in rows], dtype=object)
+    return pd.DataFrame(data, columns=list(columns.order))
+
+
+def positive_class_index(classes: Sequence[Any], positive_label: str) -> int:
+    """Which predict_proba column is the positive class: labels are stored as 0/1 or as the label text."""
+    classes = list(classes)
+    if positive_label in classes:
+        return classes.index(positive_label)
+    if 1 in classes:
+        return classes.index(1)
+    raise UnsupportedPipeline(f"neither {positive_label!r} nor 1 is among the classes {classes}")
+
+
+class GenericPredictor:
+    """The logged pipeline through a DataFrame: slow, but right for any pipeline."""
+
+    kind = "generic"
+
+    def __init__(self, pipeline: Any, columns: Columns, known: Mapping[str, set[str]], positive_label: str):
+        self.pipeline = pipeline
+        self.columns = columns
+        self.known = known
+        self.positive_index = positive_class_index(pipeline.classes_, positive_label)
+
+    def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
+        unknown: dict[str, int] = {}
+        for name in self.columns.categorical:
+            seen = self.known[name]
+            count = sum(1 for row in rows if row[name] is not None and row[name] not in seen)
+            if count:
+                unknown[name] = count
+        probabilities = self.pipeline.predict_proba(to_frame(rows, self.columns))[:, self.positive_index]
+        return np.asarray(probabilities, dtype=np.float64), unknown
+
+    def predict_one(self, row: Row) -> tuple[float, dict[str, int]]:
+        probabilities, unknown = self.predict([row])
+        return float(probabilities[0]), unknown
+
+
+@dataclass(frozen=True)
+class NumericColumn:
+    name: str
+    position: int
+    fill: float  # the imputer's statistic; NaN inputs become this
+    mean: float
+    scale: float
+
+
+@dataclass(frozen=True)
+class CategoricalColumn:
+    name: str
+    fill: Any  # what the imputer writes for a missing value
+    positions: dict[Any, int]  # category -> output column of its one-hot 1.0
+
+
+def _with_missing(column: CategoricalColumn) -> dict[Any, int]:
+    """The column's category -> position map, plus None: where the imputer's fill value goes, or nowhere
+    (all zeros, like OneHotEncoder(handle_unknown="ignore")) when training never saw that fill value."""
+    lookup = dict(column.positions)
+    lookup[None] = lookup.get(column.fill, NO_COLUMN)
+    return lookup
+
+
+class FastPredictor:
+    """The compiled pipeline. `predict` takes validated rows (dicts keyed by feature name)."""
+
+    def __init__(
+        self,
+        kind: str,
+        width: int,
+        numeric: list[NumericColumn],
+        categorical: list[CategoricalColumn],
+        score: Any,
+        score_one: Any,
+        flip: bool,
+    ):
+        self.kind = kind
+        self.width = width
+        self._numeric = tuple((c.name, c.position, c.fill, c.mean, c.scale) for c in numeric)
+        self._numeric_names = tuple(c.name for c in numeric)
+        self._numeric_positions = np.array([c.position for c in numeric], dtype=np.intp)
+        self._numeric_fill = np.array([c.fill for c in numeric], dtype=np.float64)
+        self._numeric_mean = np.array([c.mean for c in numeric], dtype=np.float64)
+        self._numeric_scale = np.array([c.scale for c in numeric], dtype=np.float64)
+        self._numeric_getters = [itemgetter(c.name) for c in numeric]
+        # category -> output column, with None (missing) already mapped the way the imputer fills it.
+        self._categorical = tuple((c.name, itemgetter(c.name), _with_missing(c)) for c in categorical)
+        self._score = score  # float64 matrix (n, width) -> probability of classes_[1], shape (n,)
+        self._score_one = score_one  # float64 row (width,) -> probability of classes_[1]
+        self._flip = flip  # the positive class is classes_[0]
+
+    def encode(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
+        if len(rows) == 1:
+            row, unknown = self._encode_one(rows[0])
+            return row[None, :], unknown
+        n = len(rows)
+        matrix = np.zeros((n, self.width), dtype=np.float64)
+        if self._numeric:
+            # np.array turns None into NaN, which the imputer's statistic then replaces.
+            values = np.column_stack(
+                [np.array(list(map(getter, rows)), dtype=np.float64) for getter in self._numeric_getters]
+            )
+            values = np.where(np.isnan(values), self._numeric_fill, values)
+            # The same two in-place float64 operations as StandardScaler.transform, so results match bitwise.
+            values -= self._numeric_mean
+            values /= self._numeric_scale
+            matrix[:, self._numeric_positions] = values
+        unknown: dict[str, int] = {}
+        row_index = np.arange(n)
+        for name, getter, lookup in self._categorical:
+            found = list(map(lookup.get, map(getter, rows), repeat(UNKNOWN, n)))
+            misses = found.count(UNKNOWN)
+            if misses:
+                unknown[name] = misses
+            positions = np.array(found, dtype=np.intp)
+            hit = positions >= 0
+            matrix[row_index[hit], positions[hit]] = 1.0
+        return matrix, unknown
+
+    def _encode_one(self, row: Row) -> tuple[np.ndarray, dict[str, int]]:
+        vector = [0.0] * self.width
+        for name, position, fill, mean, scale in self._numeric:
+            value = row[name]
+            if value is None or math.isnan(value):
+                value = fill
+            vector[position] = (float(value) - mean) / scale
+        unknown: dict[str, int] = {}
+        for name, getter, lookup in self._categorical:
+            value = getter(row)
+            position = lookup.get(value, UNKNOWN)
+            if position >= 0:
+                vector[position] = 1.0
+            elif position == UNKNOWN:
+                unknown[name] = 1
+        return np.array(vector, dtype=np.float64), unknown
+
+    def predict_one(self, row: Row) -> tuple[float, dict[str, int]]:
+        encoded, unknown = self._encode_one(row)
+        probability = self._score_one(encoded)
+        return (1.0 - probability if self._flip else probability), unknown
+
+    def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
+        matrix, unknown = self.encode(rows)
+        probabilities = np.asarray(self._score(matrix), dtype=np.float64)
+        if self._flip:
+            probabilities = 1.0 - probabilities
+        return probabilities, unknown

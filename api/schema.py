@@ -1,0 +1,121 @@
+"""Request models built from what the model logged: its signature, its feature metadata, its input example.
+
+Nothing about the features is written here. A new model with other columns, categories or ranges gets
+a new schema when it is loaded.
+"""
+
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, create_model
+
+from api.predictor import Columns
+
+NUMERIC_TYPES = {"double", "float", "long", "integer"}
+INTEGER_TYPES = {"long", "integer"}
+STRING_TYPES = {"string"}
+
+
+class SchemaError(Exception):
+    """The model's signature and metadata do not describe a request we can validate."""
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    columns: Columns
+    record: type[BaseModel]
+    batch: type[BaseModel]
+    example: dict[str, Any]
+    batch_example: dict[str, Any]
+    feature_names: frozenset[str]
+
+
+def _describe_numeric(meta: dict[str, Any], nullable: bool) -> str:
+    parts = [f"{meta.get('dtype', 'number')}"]
+    if "min" in meta and "max" in meta:
+        parts.append(f"allowed {meta['min']}…{meta['max']}")
+    if "observed_min" in meta and "observed_max" in meta:
+        parts.append(f"seen in training {meta['observed_min']:g}…{meta['observed_max']:g}")
+    if "mean" in meta:
+        parts.append(f"training mean {meta['mean']:.4g}")
+    parts.append("null means missing" if nullable else "required, not null")
+    return "; ".join(parts)
+
+
+def _describe_categorical(meta: dict[str, Any], nullable: bool) -> str:
+    allowed, seen = meta.get("allowed", []), set(meta.get("categories", []))
+    unseen = [value for value in allowed if value not in seen]
+    parts = [f"one of {len(allowed)} categories"]
+    if unseen:
+        parts.append(f"accepted but unseen in training (predicted as no category): {', '.join(unseen)}")
+    parts.append("null means missing" if nullable else "required, not null")
+    return "; ".join(parts)
+
+
+def _field(
+    name: str, column_type: str, required: bool, metadata: dict[str, Any], example: Any
+) -> tuple[Any, Any]:
+    numeric_meta = metadata.get("numeric", {}).get(name)
+    categorical_meta = metadata.get("categorical", {}).get(name)
+    meta = numeric_meta or categorical_meta or {}
+    nullable = bool(meta.get("nullable", False)) or not required
+    examples = [example] if example is not None or nullable else None
+    if column_type in NUMERIC_TYPES:
+        constraints: dict[str, Any] = {"allow_inf_nan": False}
+        if numeric_meta and numeric_meta.get("min") is not None:
+            constraints["ge"] = numeric_meta["min"]
+        if numeric_meta and numeric_meta.get("max") is not None:
+            constraints["le"] = numeric_meta["max"]
+        if column_type in INTEGER_TYPES or str(meta.get("dtype", "")).startswith(("int", "uint")):
+            # A whole number, as JSON Schema says it: 42 and 42.0 are both fine, 42.5 is not.
+            constraints["multiple_of"] = 1
+        # Strict: a JSON number only; "42" and true are wrong types, not numbers.
+        annotation: Any = Annotated[float, Strict(), Field(**constraints)]
+        description = _describe_numeric(numeric_meta or {}, nullable)
+    elif column_type in STRING_TYPES:
+        allowed = (categorical_meta or {}).get("allowed")
+        annotation = Literal[tuple(allowed)] if allowed else Annotated[str, Strict()]
+        description = _describe_categorical(categorical_meta or {}, nullable)
+    else:
+        raise SchemaError(f"{name}: signature type {column_type!r} is not served")
+    if nullable:
+        annotation = annotation | None
+    # Required even when nullable: a missing key is a client bug, an explicit null is a missing value.
+    return annotation, Field(..., description=description, examples=examples)
+
+
+def build_request_models(
+    signature: Any, metadata: dict[str, Any], examples: list[dict[str, Any]], max_batch_size: int
+) -> RequestModels:
+    """`signature` is the model's `mlflow.models.ModelSignature`; `examples` the rows of its input example."""
+    if signature is None or signature.inputs is None or not signature.inputs.has_input_names():
+        raise SchemaError("the model has no column-based input signature")
+    fields: dict[str, Any] = {}
+    numeric, categorical = [], []
+    example = examples[0] if examples else {}
+    for spec in signature.inputs.inputs:
+        name, column_type = spec.name, str(getattr(spec.type, "name", spec.type)).lower()
+        if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+            raise SchemaError(f"feature {name!r} is not a valid field name")
+        fields[name] = _field(name, column_type, spec.required, metadata, example.get(name))
+        (numeric if column_type in NUMERIC_TYPES else categorical).append(name)
+    columns = Columns(numeric=tuple(numeric), categorical=tuple(categorical))
+    config = ConfigDict(extra="forbid", json_schema_extra={"examples": [example]} if example else None)
+    record = create_model("PredictionRequest", __config__=config, **fields)
+    records_field = Field(
+        ...,
+        min_length=1,
+        max_length=max_batch_size,
+        description=f"1 to {max_batch_size} records; one prediction each, in order.",
+    )
+    batch_example = {"records": examples} if examples else {}
+    batch_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [batch_example]} if examples else None
+    )
+    batch = create_model(
+        "BatchPredictionRequest", __config__=batch_config, records=(list[record], records_field)
+    )
+    return RequestModels(columns, record, batch, example, batch_example, frozenset(columns.order))

@@ -1,0 +1,229 @@
+"""Helpers for the service tests: registries built from the session's real pipeline run, apps under their
+lifespan, and reading /metrics."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+from mlflow.models import Model
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.main import create_app
+from api.settings import Settings
+from stages.features import model_inputs
+
+CHALLENGER_ALIAS = "challenger"
+PARITY_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class ApiRegistry:
+    """A private copy of the pipeline's registry: `production` (the chosen family), `challenger` (the other
+    family, registered from its training run) and `broken` (a version whose pickle is garbage)."""
+
+    tracking_uri: str
+    model_name: str
+    production: str
+    challenger: str
+    broken: str
+    families: dict[str, str]
+    features: dict[str, Any]
+    test_frame: pd.DataFrame = field(repr=False)
+    workdir: Path
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def copy(self, dest: Path) -> ApiRegistry:
+        """The same versions and aliases in a new database file, for a test that moves aliases."""
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.tracking_uri.removeprefix("sqlite:///"), dest / "mlflow.db")
+        return ApiRegistry(
+            **{**self.__dict__, "tracking_uri": f"sqlite:///{dest / 'mlflow.db'}", "workdir": dest}
+        )
+
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "mlflow_tracking_uri": self.tracking_uri,
+            "model_name": self.model_name,
+            "model_alias": "production",
+            "model_uri": None,
+            "reload_interval_seconds": 0.2,
+            "retry_initial_seconds": 0.05,
+            "retry_max_seconds": 0.5,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client().set_registered_model_alias(self.model_name, alias, version)
+
+    def model_dir(self, version: str) -> Path:
+        return download_version(self.tracking_uri, self.model_name, version)
+
+    def metadata(self, version: str) -> dict[str, Any]:
+        return Model.load(str(self.model_dir(version))).metadata["feature_metadata"]
+
+    def input_example(self, version: str) -> list[dict[str, Any]]:
+        path = str(self.model_dir(version))
+        return json_rows(Model.load(path).load_input_example(path).astype(object))
+
+    def pipeline(self, version: str) -> Any:
+        return load_pipeline(str(self.model_dir(version)))
+
+    def rows(self, count: int | None = None) -> list[dict[str, Any]]:
+        return json_rows(self.test_frame if count is None else self.test_frame.head(count))
+
+    def expected(self, version: str, count: int | None = None) -> np.ndarray:
+        frame = self.test_frame if count is None else self.test_frame.head(count)
+        return self.pipeline(version).predict_proba(frame)[:, 1]
+
+
+@cache
+def download_version(tracking_uri: str, name: str, version: str) -> Path:
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    location = client.get_model_version_download_uri(name, version)
+    target = Path(location.removeprefix("file://"))
+    if target.is_dir():
+        return target
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=tracking_uri))
+
+
+@cache
+def load_pipeline(path: str) -> Any:
+    return mlflow.sklearn.load_model(path)
+
+
+def json_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """What a client sends: numbers, strings, and null for missing values."""
+    rows = []
+    for record in frame.to_dict(orient="records"):
+        rows.append(
+            {
+                key: None if (isinstance(value, float) and math.isnan(value)) else value
+                for key, value in record.items()
+            }
+        )
+    return rows
+
+
+def build_registry(trained_pipeline: Any, workdir: Path) -> ApiRegistry:
+    workdir.mkdir(parents=True, exist_ok=True)
+    source_db = Path(trained_pipeline.tracking_uri.removeprefix("sqlite:///"))
+    shutil.copy2(source_db, workdir / "mlflow.db")
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = trained_pipeline.model_name
+    production = client.get_model_version_by_alias(name, "production")
+    chosen_run = client.get_run(production.run_id)
+    parent_id = chosen_run.data.tags["mlflow.parentRunId"]
+    experiment = chosen_run.info.experiment_id
+    (sibling,) = [
+        run
+        for run in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_id}'")
+        if run.info.run_id != production.run_id
+    ]
+    (logged,) = client.search_logged_models(
+        experiment_ids=[experiment], filter_string=f"source_run_id = '{sibling.info.run_id}'"
+    )
+    # A registry source given as a file URI: `models:/m-...` would be resolved against the global store.
+    challenger = client.create_model_version(
+        name, source=logged.artifact_location, run_id=sibling.info.run_id, tags=dict(production.tags)
+    )
+    client.set_registered_model_alias(name, CHALLENGER_ALIAS, challenger.version)
+
+    broken_dir = workdir / "broken-model"
+    shutil.copytree(download_version(uri, name, str(production.version)), broken_dir)
+    (broken_dir / "model.pkl").write_bytes(b"this is not a pickle")
+    broken = client.create_model_version(
+        name, source=broken_dir.as_uri(), tags={"status": "broken on purpose"}
+    )
+
+    params = yaml.safe_load((trained_pipeline.workdir / "params.yaml").read_text())
+    features = params["features"]
+    test_frame = model_inputs(pd.read_parquet(trained_pipeline.test_split), features)
+    return ApiRegistry(
+        tracking_uri=uri,
+        model_name=name,
+        production=str(production.version),
+        challenger=str(challenger.version),
+        broken=str(broken.version),
+        families={
+            str(production.version): chosen_run.data.params["family"],
+            str(challenger.version): sibling.data.params["family"],
+        },
+        features=features,
+        test_frame=test_frame,
+        workdir=workdir,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- processes
+# ---------------------------------------------------------------------------------------------- the app
+def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_ready(client: TestClient, timeout: float = 120.0) -> None:
+    last: dict[str, Any] = {}
+
+    def ready() -> bool:
+        nonlocal last
+        response = client.get("/ready")
+        last = response.json()
+        return response.status_code == 200
+
+    try:
+        wait_until(ready, timeout, "/ready")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last answer {last}") from None
+
+
+@contextmanager
+def serving(settings: Settings, ready: bool = True) -> Iterator[TestClient]:
+    """The app under its lifespan (so the loader runs), once it serves a model."""
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        if ready:
+            wait_ready(client)
+        yield client
+
+
+def metric_samples(client: TestClient) -> dict[tuple[str, frozenset], float]:
+    """Every sample of /metrics, keyed by (sample name, labels)."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def metric(samples: dict[tuple[str, frozenset], float], sample_name: str, /, **labels: str) -> float:
+    """One sample's value (0 when absent); labels not given are summed over."""
+    wanted = set(labels.items())
+    return sum(
+        value
+        for (name, sample_labels), value in samples.items()
+        if name == sample_name and wanted <= sample_labels
+    )

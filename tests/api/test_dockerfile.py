@@ -1,0 +1,52 @@
+"""api/Dockerfile: lint-clean, multi-stage, non-root, with a health check and a build argument for a model."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from tests.support.processes import REPO_ROOT, require_tool
+
+DOCKERFILE = REPO_ROOT / "api" / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    parsed = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            parsed.append((keyword.upper(), rest.strip()))
+    return parsed
+
+
+def test_hadolint_passes():
+    hadolint = require_tool("hadolint")
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_is_multi_stage_and_runs_as_non_root():
+    steps = instructions()
+    stages = [rest for keyword, rest in steps if keyword == "FROM"]
+    assert len(stages) >= 2
+    final = steps[max(index for index, (keyword, _) in enumerate(steps) if keyword == "FROM") :]
+    users = [rest for keyword, rest in final if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+    copies = [rest for keyword, rest in final if keyword == "COPY"]
+    assert any(rest.startswith("--from=") for rest in copies), "the final stage should copy the built venv"
+
+
+def test_health_check_and_command():
+    steps = dict(instructions())
+    assert "/health" in steps["HEALTHCHECK"]
+    command = steps["CMD"]
+    assert '"-m", "api"' in command and '"--baked-model"' in command
+
+
+def test_a_model_can_be_baked_in_by_build_argument():
+    steps = instructions()
+    assert ("ARG", 'MODEL_DIR=""') in steps
+    assert any(keyword == "RUN" and "${MODEL_DIR}" in rest and "MLmodel" in rest for keyword, rest in steps)

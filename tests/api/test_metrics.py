@@ -1,0 +1,139 @@
+"""/metrics after traffic: the instrumentator's request metrics with fine buckets, and the model's own."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+
+from api.metrics import LATENCY_BUCKETS, PROBABILITY_BUCKETS, observe_many
+from tests.api.support import metric, metric_samples, serving
+
+pytestmark = pytest.mark.slow
+
+SINGLE, BATCH_ROWS, BAD = 12, 40, 3
+
+
+def numeric_feature(api_registry) -> str:
+    return next(iter(api_registry.metadata(api_registry.production)["numeric"]))
+
+
+@pytest.fixture(scope="module")
+def traffic(api_registry):
+    """One app, a known mix of requests, then one scrape."""
+    with serving(api_registry.settings()) as client:
+        rows = api_registry.rows(SINGLE + BATCH_ROWS)
+        probabilities = [client.post("/predict", json=row).json()["probability"] for row in rows[:SINGLE]]
+        batch = client.post("/predict/batch", json={"records": rows[SINGLE:]}).json()["predictions"]
+        probabilities += [item["probability"] for item in batch]
+        for _ in range(BAD):
+            assert (
+                client.post("/predict", json=rows[0] | {numeric_feature(api_registry): -5}).status_code == 422
+            )
+        assert client.get("/no/such/path/12345").status_code == 404
+        assert client.get("/another/unknown").status_code == 404
+        yield client, metric_samples(client), probabilities
+
+
+def test_requests_are_counted_by_handler_and_grouped_status(traffic):
+    _, samples, _ = traffic
+    assert metric(samples, "http_requests_total", handler="/predict", method="POST", status="2xx") == SINGLE
+    assert metric(samples, "http_requests_total", handler="/predict", method="POST", status="4xx") == BAD
+    assert metric(samples, "http_requests_total", handler="/predict/batch", method="POST", status="2xx") == 1
+
+
+def test_unknown_paths_share_one_label(traffic):
+    _, samples, _ = traffic
+    handlers = {dict(labels)["handler"] for name, labels in samples if name == "http_requests_total"}
+    assert "none" in handlers
+    assert not any("no/such" in handler or "unknown" in handler for handler in handlers)
+    assert metric(samples, "http_requests_total", handler="none", status="4xx") == 2
+
+
+def test_latency_buckets_resolve_sub_millisecond_requests(traffic):
+    _, samples, _ = traffic
+    bounds = {
+        float(dict(labels)["le"])
+        for name, labels in samples
+        if name == "http_request_duration_seconds_bucket" and dict(labels).get("handler") == "/predict"
+    }
+    assert {0.0001, 0.0005, 0.001} <= bounds
+    assert len([bound for bound in bounds if bound <= 0.001]) >= 8
+    assert bounds == {*LATENCY_BUCKETS, float("inf")}
+    count = metric(samples, "http_request_duration_seconds_count", handler="/predict", method="POST")
+    assert count == SINGLE + BAD
+
+
+def test_model_metrics_after_traffic(traffic, api_registry):
+    _, samples, probabilities = traffic
+    predicted = SINGLE + BATCH_ROWS
+    assert metric(samples, "model_inference_seconds_count") == SINGLE + 1
+    assert metric(samples, "predictions_total") == predicted
+    negative, positive = api_registry.features["labels"]
+    positives = sum(1 for probability in probabilities if probability > 0.5)
+    assert metric(samples, "predictions_total", label=positive) == positives
+    assert metric(samples, "predictions_total", label=negative) == predicted - positives
+    assert metric(samples, "prediction_probability_count") == predicted
+    assert metric(samples, "prediction_probability_sum") == pytest.approx(sum(probabilities))
+    assert metric(samples, "predict_rows_total") == BATCH_ROWS
+    assert metric(samples, "request_validation_errors_total", field=numeric_feature(api_registry)) == BAD
+    assert (
+        metric(
+            samples,
+            "model_info",
+            name=api_registry.model_name,
+            version=api_registry.production,
+            alias="production",
+        )
+        == 1
+    )
+    assert metric(samples, "model_loaded") == 1 and metric(samples, "model_fast_path") == 1
+    assert metric(samples, "model_reloads_total", result="success") == 1
+    assert ("model_reloads_total", frozenset({("result", "failure")})) in samples
+
+
+def test_metrics_are_not_counted_as_traffic(traffic):
+    _, samples, _ = traffic
+    assert metric(samples, "http_requests_total", handler="/metrics") == 0
+
+
+class Exploding:
+    kind = "exploding"
+
+    def predict(self, rows):
+        raise RuntimeError("boom")
+
+
+def test_an_unhandled_exception_is_a_500_counted_as_5xx(api_registry):
+    with serving(
+        api_registry.settings(model_uri=str(api_registry.model_dir(api_registry.production)))
+    ) as client:
+        service = client.app.state.service
+        service.model = dataclasses.replace(service.model, predictor=Exploding())
+        response = client.post("/predict", json=api_registry.rows(1)[0])
+        assert response.status_code == 500
+        samples = metric_samples(client)
+        assert metric(samples, "http_requests_total", handler="/predict", status="5xx") == 1
+        assert client.get("/health").status_code == 200
+
+
+def test_observe_many_equals_observe_one_by_one():
+    values = np.concatenate([np.random.default_rng(7).random(500), [0.0, 0.05, 0.1, 0.95, 1.0, 2.0]])
+    one_by_one, many = CollectorRegistry(), CollectorRegistry()
+    a = Histogram("p", "p", buckets=PROBABILITY_BUCKETS, registry=one_by_one)
+    b = Histogram("p", "p", buckets=PROBABILITY_BUCKETS, registry=many)
+    for value in values.tolist():
+        a.observe(value)
+    observe_many(b, values)
+
+    def samples(registry):
+        return [
+            (s.name, s.labels, round(s.value, 9))
+            for m in registry.collect()
+            for s in m.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples(one_by_one) == samples(many)
