@@ -182,6 +182,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def invalid(_: Request, error: RequestInvalid) -> Response:
         return _json({"detail": error.errors}, 422)
 
+    async def parse(request: Request, batch: bool) -> tuple[ServedModel, Any]:
+        """The model that answers and the body validated against that same model's schema, so a reload
+        between the two cannot pair one model's schema with another's predictor."""
+        model = service.require_model()
+        body = await _read_body(request, settings.max_body_bytes)
+        schema = model.requests.batch if batch else model.requests.record
+        return model, _validate(schema, body, metrics, model.requests.feature_names)
+
     @app.post(
         "/predict",
         response_model=PredictionResponse,
@@ -190,9 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Predict one record",
     )
     async def predict(request: Request) -> Response:
-        model = service.require_model()
-        body = await _read_body(request, settings.max_body_bytes)
-        record = _validate(model.requests.record, body, metrics, model.requests.feature_names)
+        model, record = await parse(request, batch=False)
         label, probability = service.predict_one(model, record.__dict__)
         registry = model.registry
         return _json(
@@ -212,9 +218,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Predict up to MAX_BATCH_SIZE records, in order",
     )
     async def predict_batch(request: Request) -> Response:
-        model = service.require_model()
-        body = await _read_body(request, settings.max_body_bytes)
-        batch = _validate(model.requests.batch, body, metrics, model.requests.feature_names)
+        model, batch = await parse(request, batch=True)
         rows = [record.__dict__ for record in batch.records]
         metrics.batch_rows.inc(len(rows))
         if len(rows) <= INLINE_BATCH_ROWS:

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -24,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from stages.config import load_params
-from stages.deploy_check import Expected, Outcome, registry_version, verify
+from stages.deploy_check import Expected, Outcome, registry_version, service_arguments, verify
 
 
 @dataclass(frozen=True)
@@ -96,20 +95,13 @@ def _promote(*flags: str) -> Callable[[], None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--url", default=os.environ.get("DEPLOY_URL"), help="the service (default: $DEPLOY_URL)"
-    )
+    parser = service_arguments(__doc__)
     parser.add_argument(
         "--image", default=os.environ.get("IMAGE"), help="image to roll out (default: $IMAGE)"
     )
     parser.add_argument(
         "--previous-image", default=os.environ.get("PREVIOUS_IMAGE"), help="image to go back to"
     )
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the service")
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls")
     args = parser.parse_args(argv)
     if not args.url:
         parser.error("give --url or set DEPLOY_URL: the running service to verify")

@@ -100,18 +100,24 @@ def registry_version(model_name: str, alias: str) -> Expected:
     return Expected(name=model_name, version=str(version.version))
 
 
-def main(argv: list[str] | None = None) -> int:
+def service_arguments(description: str | None) -> argparse.ArgumentParser:
+    """The options every command that verifies a deployment takes: where it is and how long to wait."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--url", default=os.environ.get("DEPLOY_URL"), help="the service (default: $DEPLOY_URL)"
     )
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait in all (default: 300)")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls (default: 5)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = service_arguments(__doc__)
     parser.add_argument(
         "--expect-version", help="default: the version behind the registry's production alias"
     )
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait in all (default: 300)")
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls (default: 5)")
     args = parser.parse_args(argv)
     if not args.url:
         parser.error("give --url or set DEPLOY_URL")
