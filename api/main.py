@@ -1,8 +1,9 @@
 """The FastAPI app: routes, error mapping and the OpenAPI document that follows the served model.
 
 Prediction routes read the raw body and validate it with the request models of the model that serves
-right now (pydantic-core parses the JSON directly, which is also the fastest way). FastAPI's own body
-handling would freeze the schema at startup, before the model is even known.
+right now: first with the fast decoder compiled from them (api.decoding), then, for a body it rejects,
+with pydantic, whose errors are the 422 details. FastAPI's own body handling would freeze the schema at
+startup, before the model is even known.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from pydantic_core import to_json
@@ -94,6 +96,16 @@ def _validate(model_class: type[BaseModel], body: bytes, metrics: ServiceMetrics
         for item in errors:
             metrics.validation_errors.labels(_field_label(item, features)).inc()
         raise RequestInvalid([_issue(item) for item in errors]) from None
+
+
+class DirectRoute(APIRoute):
+    """A route whose endpoint takes the Request and returns the Response itself. FastAPI's handler would
+    solve dependencies and serialise a return value for it, about 30 µs of a 200 µs request, with nothing
+    to do; here the endpoint is the handler. It stays an APIRoute, so the OpenAPI document lists it with
+    its response models as usual."""
+
+    def get_route_handler(self) -> Any:
+        return self.endpoint
 
 
 # ---------------------------------------------------------------------------------------------- OpenAPI
@@ -184,22 +196,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def parse(request: Request, batch: bool) -> tuple[ServedModel, Any]:
         """The model that answers and the body validated against that same model's schema, so a reload
-        between the two cannot pair one model's schema with another's predictor."""
+        between the two cannot pair one model's schema with another's predictor. The rows come back as
+        dicts: one for /predict, a list for /predict/batch."""
         model = service.require_model()
         body = await _read_body(request, settings.max_body_bytes)
-        schema = model.requests.batch if batch else model.requests.record
-        return model, _validate(schema, body, metrics, model.requests.feature_names)
+        requests = model.requests
+        if requests.fast is not None:
+            rows = requests.fast.batch(body) if batch else requests.fast.record(body)
+            if rows is not None:
+                return model, rows
+        # Not valid to the fast decoder: pydantic decides, and its errors are the 422 details.
+        if batch:
+            validated = _validate(requests.batch, body, metrics, requests.feature_names)
+            return model, [record.__dict__ for record in validated.records]
+        return model, _validate(requests.record, body, metrics, requests.feature_names).__dict__
 
-    @app.post(
-        "/predict",
-        response_model=PredictionResponse,
-        responses=PREDICT_RESPONSES,
-        tags=["predictions"],
-        summary="Predict one record",
-    )
+    def prediction_route(path: str, **documentation: Any) -> Any:
+        def register(endpoint: Any) -> Any:
+            app.router.add_api_route(
+                path,
+                endpoint,
+                methods=["POST"],
+                responses=PREDICT_RESPONSES,
+                tags=["predictions"],
+                route_class_override=DirectRoute,
+                **documentation,
+            )
+            return endpoint
+
+        return register
+
+    @prediction_route("/predict", response_model=PredictionResponse, summary="Predict one record")
     async def predict(request: Request) -> Response:
-        model, record = await parse(request, batch=False)
-        label, probability = service.predict_one(model, record.__dict__)
+        model, row = await parse(request, batch=False)
+        label, probability = service.predict_one(model, row)
         registry = model.registry
         return _json(
             {
@@ -210,16 +240,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }
         )
 
-    @app.post(
+    @prediction_route(
         "/predict/batch",
         response_model=BatchPredictionResponse,
-        responses=PREDICT_RESPONSES,
-        tags=["predictions"],
         summary="Predict up to MAX_BATCH_SIZE records, in order",
     )
     async def predict_batch(request: Request) -> Response:
-        model, batch = await parse(request, batch=True)
-        rows = [record.__dict__ for record in batch.records]
+        model, rows = await parse(request, batch=True)
         metrics.batch_rows.inc(len(rows))
         if len(rows) <= INLINE_BATCH_ROWS:
             labels, probabilities = service.predict(model, rows)

@@ -7,12 +7,16 @@ a new schema when it is loaded.
 from __future__ import annotations
 
 import keyword
+import logging
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, create_model
 
+from api.decoding import FastDecoder, UntranslatableField
 from api.predictor import Columns
+
+log = logging.getLogger(__name__)
 
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
 INTEGER_TYPES = {"long", "integer"}
@@ -31,6 +35,7 @@ class RequestModels:
     example: dict[str, Any]
     batch_example: dict[str, Any]
     feature_names: frozenset[str]
+    fast: FastDecoder | None  # None: pydantic validates every body
 
 
 def _describe_numeric(meta: dict[str, Any], nullable: bool) -> str:
@@ -118,4 +123,9 @@ def build_request_models(
     batch = create_model(
         "BatchPredictionRequest", __config__=batch_config, records=(list[record], records_field)
     )
-    return RequestModels(columns, record, batch, example, batch_example, frozenset(columns.order))
+    try:
+        fast: FastDecoder | None = FastDecoder(record, batch)
+    except UntranslatableField as error:
+        log.warning("no fast decoder for this schema (%s): pydantic validates every request", error)
+        fast = None
+    return RequestModels(columns, record, batch, example, batch_example, frozenset(columns.order), fast)
