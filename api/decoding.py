@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import types
 import typing
+from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 import annotated_types
@@ -99,8 +100,14 @@ def _records_length(batch: type[BaseModel]) -> msgspec.Meta:
     return msgspec.Meta(**lengths)
 
 
+def by_column(records: list[Any], names: tuple[str, ...]) -> dict[str, list[Any]]:
+    """Validated records (anything with the features as attributes) as a ColumnBatch."""
+    return {name: list(map(attrgetter(name), records)) for name in names}
+
+
 class FastDecoder:
-    """`record(body)` and `batch(body)` give the validated rows as dicts, or None when pydantic must look.
+    """`record(body)` gives the validated record as a dict and `batch(body)` the validated batch as a
+    ColumnBatch (feature -> values), or None when pydantic must look.
     Raises UntranslatableField when a field cannot be checked exactly; the caller then uses pydantic."""
 
     def __init__(self, record: type[BaseModel], batch: type[BaseModel]):
@@ -111,6 +118,7 @@ class FastDecoder:
             forbid_unknown_fields=True,
             gc=False,
         )
+        self._names = tuple(record.model_fields)
         self._record = msgspec.json.Decoder(struct)
         self._batch = msgspec.json.Decoder(batch_struct)
 
@@ -120,9 +128,9 @@ class FastDecoder:
         except msgspec.MsgspecError:
             return None
 
-    def batch(self, body: bytes) -> list[Row] | None:
+    def batch(self, body: bytes) -> dict[str, list[Any]] | None:
         try:
             records = self._batch.decode(body).records
         except msgspec.MsgspecError:
             return None
-        return list(map(msgspec.structs.asdict, records))
+        return by_column(records, self._names)

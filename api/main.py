@@ -21,8 +21,10 @@ from pydantic.json_schema import models_json_schema
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
+from api.decoding import by_column
 from api.loading import ServedModel
 from api.metrics import BODY_FIELD, UNKNOWN_FIELD, ServiceMetrics
+from api.predictor import batch_size
 from api.responses import (
     BatchPredictionResponse,
     ErrorResponse,
@@ -31,6 +33,7 @@ from api.responses import (
     PredictionResponse,
     ReadyResponse,
     ValidationErrorResponse,
+    batch_body,
 )
 from api.service import ModelNotReady, ModelService
 from api.settings import Settings
@@ -196,19 +199,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def parse(request: Request, batch: bool) -> tuple[ServedModel, Any]:
         """The model that answers and the body validated against that same model's schema, so a reload
-        between the two cannot pair one model's schema with another's predictor. The rows come back as
-        dicts: one for /predict, a list for /predict/batch."""
+        between the two cannot pair one model's schema with another's predictor. What comes back is a
+        dict for /predict and a ColumnBatch for /predict/batch."""
         model = service.require_model()
         body = await _read_body(request, settings.max_body_bytes)
         requests = model.requests
         if requests.fast is not None:
-            rows = requests.fast.batch(body) if batch else requests.fast.record(body)
-            if rows is not None:
-                return model, rows
+            decoded = requests.fast.batch(body) if batch else requests.fast.record(body)
+            if decoded is not None:
+                return model, decoded
         # Not valid to the fast decoder: pydantic decides, and its errors are the 422 details.
         if batch:
             validated = _validate(requests.batch, body, metrics, requests.feature_names)
-            return model, [record.__dict__ for record in validated.records]
+            return model, by_column(validated.records, requests.columns.order)
         return model, _validate(requests.record, body, metrics, requests.feature_names).__dict__
 
     def prediction_route(path: str, **documentation: Any) -> Any:
@@ -246,23 +249,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Predict up to MAX_BATCH_SIZE records, in order",
     )
     async def predict_batch(request: Request) -> Response:
-        model, rows = await parse(request, batch=True)
-        metrics.batch_rows.inc(len(rows))
-        if len(rows) <= INLINE_BATCH_ROWS:
-            labels, probabilities = service.predict(model, rows)
+        model, columns = await parse(request, batch=True)
+        rows = batch_size(columns)
+        metrics.batch_rows.inc(rows)
+        if rows <= INLINE_BATCH_ROWS:
+            probabilities, positive = service.predict(model, columns)
         else:  # xgboost releases the GIL: other requests keep flowing meanwhile
-            labels, probabilities = await run_in_threadpool(service.predict, model, rows)
+            probabilities, positive = await run_in_threadpool(service.predict, model, columns)
         registry = model.registry
-        return _json(
-            {
-                "model_name": registry.name,
-                "model_version": registry.version,
-                "predictions": [
-                    {"label": label, "probability": probability}
-                    for label, probability in zip(labels, probabilities, strict=True)
-                ],
-            }
-        )
+        body = batch_body(registry.name, registry.version, model.labels, probabilities, positive)
+        return Response(body, media_type=JSON)
 
     @app.get("/health", response_model=HealthResponse, tags=["operations"], summary="Liveness")
     async def health() -> dict[str, str]:

@@ -14,6 +14,9 @@ import numpy as np
 import pandas as pd
 
 Row = Mapping[str, Any]
+# A batch by column: feature name -> its values, one per row, in order. This is how a batch arrives from the
+# decoder and how both predictors consume it; rows convert with `columns_of`.
+ColumnBatch = Mapping[str, Sequence[Any]]
 # Positions in the one-hot lookups that set no column: a category never seen in training (counted), and a
 # missing value whose imputed fill was never seen either (not an unknown category).
 UNKNOWN, NO_COLUMN = -1, -2
@@ -26,8 +29,12 @@ class UnsupportedPipeline(Exception):
 class Predictor(Protocol):
     kind: str
 
-    def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
+    def predict_columns(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
         """Positive-class probabilities, and how many values per feature the model never saw in training."""
+        ...
+
+    def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
+        """The same for rows."""
         ...
 
     def predict_one(self, row: Row) -> tuple[float, dict[str, int]]:
@@ -47,13 +54,21 @@ class Columns:
         return (*self.numeric, *self.categorical)
 
 
-def to_frame(rows: Sequence[Row], columns: Columns) -> pd.DataFrame:
+def columns_of(rows: Sequence[Row], names: Sequence[str]) -> dict[str, list[Any]]:
+    return {name: list(map(itemgetter(name), rows)) for name in names}
+
+
+def batch_size(columns: ColumnBatch) -> int:
+    return len(next(iter(columns.values()), ()))
+
+
+def to_frame(batch: ColumnBatch, columns: Columns) -> pd.DataFrame:
     """What the logged pipeline was trained on: float64 numerics, object categoricals, NaN for missing."""
     data: dict[str, Any] = {}
     for name in columns.numeric:
-        data[name] = np.array([row[name] for row in rows], dtype=np.float64)
+        data[name] = np.array(batch[name], dtype=np.float64)  # None becomes NaN
     for name in columns.categorical:
-        data[name] = np.array([np.nan if row[name] is None else row[name] for row in rows], dtype=object)
+        data[name] = np.array([np.nan if value is None else value for value in batch[name]], dtype=object)
     return pd.DataFrame(data, columns=list(columns.order))
 
 
@@ -78,15 +93,18 @@ class GenericPredictor:
         self.known = known
         self.positive_index = positive_class_index(pipeline.classes_, positive_label)
 
-    def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
+    def predict_columns(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
         unknown: dict[str, int] = {}
         for name in self.columns.categorical:
             seen = self.known[name]
-            count = sum(1 for row in rows if row[name] is not None and row[name] not in seen)
+            count = sum(1 for value in columns[name] if value is not None and value not in seen)
             if count:
                 unknown[name] = count
-        probabilities = self.pipeline.predict_proba(to_frame(rows, self.columns))[:, self.positive_index]
+        probabilities = self.pipeline.predict_proba(to_frame(columns, self.columns))[:, self.positive_index]
         return np.asarray(probabilities, dtype=np.float64), unknown
+
+    def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
+        return self.predict_columns(columns_of(rows, self.columns.order))
 
     def predict_one(self, row: Row) -> tuple[float, dict[str, int]]:
         probabilities, unknown = self.predict([row])
@@ -138,23 +156,20 @@ class FastPredictor:
         self._numeric_fill = np.array([c.fill for c in numeric], dtype=np.float64)
         self._numeric_mean = np.array([c.mean for c in numeric], dtype=np.float64)
         self._numeric_scale = np.array([c.scale for c in numeric], dtype=np.float64)
-        self._numeric_getters = [itemgetter(c.name) for c in numeric]
+        self._names = (*self._numeric_names, *(c.name for c in categorical))
         # category -> output column, with None (missing) already mapped the way the imputer fills it.
-        self._categorical = tuple((c.name, itemgetter(c.name), _with_missing(c)) for c in categorical)
+        self._categorical = tuple((c.name, _with_missing(c)) for c in categorical)
         self._score = score  # float64 matrix (n, width) -> probability of classes_[1], shape (n,)
         self._score_one = score_one  # float64 row (width,) -> probability of classes_[1]
         self._flip = flip  # the positive class is classes_[0]
 
-    def encode(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
-        if len(rows) == 1:
-            row, unknown = self._encode_one(rows[0])
-            return row[None, :], unknown
-        n = len(rows)
+    def encode(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
+        n = batch_size(columns)
         matrix = np.zeros((n, self.width), dtype=np.float64)
         if self._numeric:
             # np.array turns None into NaN, which the imputer's statistic then replaces.
             values = np.column_stack(
-                [np.array(list(map(getter, rows)), dtype=np.float64) for getter in self._numeric_getters]
+                [np.array(columns[name], dtype=np.float64) for name in self._numeric_names]
             )
             values = np.where(np.isnan(values), self._numeric_fill, values)
             # The same two in-place float64 operations as StandardScaler.transform, so results match bitwise.
@@ -163,8 +178,8 @@ class FastPredictor:
             matrix[:, self._numeric_positions] = values
         unknown: dict[str, int] = {}
         row_index = np.arange(n)
-        for name, getter, lookup in self._categorical:
-            found = list(map(lookup.get, map(getter, rows), repeat(UNKNOWN, n)))
+        for name, lookup in self._categorical:
+            found = list(map(lookup.get, columns[name], repeat(UNKNOWN, n)))
             misses = found.count(UNKNOWN)
             if misses:
                 unknown[name] = misses
@@ -181,8 +196,8 @@ class FastPredictor:
                 value = fill
             vector[position] = (float(value) - mean) / scale
         unknown: dict[str, int] = {}
-        for name, getter, lookup in self._categorical:
-            value = getter(row)
+        for name, lookup in self._categorical:
+            value = row[name]
             position = lookup.get(value, UNKNOWN)
             if position >= 0:
                 vector[position] = 1.0
@@ -195,9 +210,12 @@ class FastPredictor:
         probability = self._score_one(encoded)
         return (1.0 - probability if self._flip else probability), unknown
 
-    def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
-        matrix, unknown = self.encode(rows)
+    def predict_columns(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
+        matrix, unknown = self.encode(columns)
         probabilities = np.asarray(self._score(matrix), dtype=np.float64)
         if self._flip:
             probabilities = 1.0 - probabilities
         return probabilities, unknown
+
+    def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
+        return self.predict_columns(columns_of(rows, self._names))

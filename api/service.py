@@ -7,13 +7,14 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from api.loading import RegistryVersion, ServedModel, load_local, load_registered, resolve_alias
 from api.metrics import ServiceMetrics, observe_many
+from api.predictor import ColumnBatch
 from api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -167,22 +168,22 @@ class ModelService:
             self.metrics.unknown_categories.labels(feature).inc(count)
         return label, probability
 
-    def predict(self, model: ServedModel, rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[float]]:
-        """Labels and positive-class probabilities, one per row, in order; metrics recorded."""
+    def predict(self, model: ServedModel, columns: ColumnBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Positive-class probabilities and whether each row's label is the positive one, in row order;
+        metrics recorded."""
         started = time.perf_counter()
-        probabilities, unknown = model.predictor.predict(rows)
+        probabilities, unknown = model.predictor.predict_columns(columns)
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         negative, positive = model.labels
         is_positive = probabilities > 0.5  # the classifiers' own predict() rule
         positives = int(is_positive.sum())
         counters = self._counters if self.model is model else {}
         self._count(counters, positive, positives)
-        self._count(counters, negative, len(rows) - positives)
+        self._count(counters, negative, len(probabilities) - positives)
         observe_many(self.metrics.probability, probabilities)
         for feature, count in unknown.items():
             self.metrics.unknown_categories.labels(feature).inc(count)
-        labels = np.array([negative, positive], dtype=object)[is_positive.astype(np.intp)].tolist()
-        return labels, probabilities.tolist()
+        return probabilities, is_positive
 
     def _count(self, counters: dict[str, Any], label: str, count: int) -> None:
         if count:
