@@ -72,12 +72,18 @@ def categorical_tokens(meta: dict[str, Any], valid: bool) -> st.SearchStrategy[s
     )
 
 
+VALID_MUTATIONS = ["none", "duplicate", "escape-key", "shuffle"]
+ANY_MUTATION = ["none"] * 6 + ["drop", "extra", "duplicate", "escape-key", "shuffle"]
+
+
 @st.composite
-def record_bodies(draw, metadata: dict[str, Any]) -> str:
-    """Half the records are valid, in any of the ways a number or a category can be written; the other
-    half spoil one or two fields, or the keys."""
+def record_bodies(draw, metadata: dict[str, Any], valid: bool | None = None) -> str:
+    """A valid record (`valid=True`), written in any of the ways a number, a category or a key can be
+    written, or one with one or two spoiled fields or keys; by default either, half and half."""
+    if valid is None:
+        valid = draw(st.booleans())
     spoiled = set()
-    if draw(st.booleans()):
+    if not valid:
         spoiled = set(draw(st.lists(st.sampled_from(metadata["feature_order"]), min_size=1, max_size=2)))
 
     def token(name: str) -> str:
@@ -87,7 +93,7 @@ def record_bodies(draw, metadata: dict[str, Any]) -> str:
         return draw(categorical_tokens(metadata["categorical"][name], valid))
 
     pairs = [(json.dumps(name), token(name)) for name in metadata["feature_order"]]
-    mutation = draw(st.sampled_from(["none"] * 6 + ["drop", "extra", "duplicate", "escape-key", "shuffle"]))
+    mutation = draw(st.sampled_from(VALID_MUTATIONS if valid else ANY_MUTATION))
     if mutation == "drop":
         pairs.pop(draw(st.integers(0, len(pairs) - 1)))
     elif mutation == "extra":
@@ -105,6 +111,11 @@ def record_bodies(draw, metadata: dict[str, Any]) -> str:
 
 @st.composite
 def batch_bodies(draw, metadata: dict[str, Any]) -> str:
+    """Half the batches are valid; the others may hold any records, too few or too many, or be wrapped
+    wrongly."""
+    if draw(st.booleans()):
+        records = draw(st.lists(record_bodies(metadata, valid=True), min_size=1, max_size=MAX_BATCH))
+        return f'{{"records": [{", ".join(records)}]}}'
     records = draw(st.lists(record_bodies(metadata), min_size=0, max_size=MAX_BATCH + 1))
     wrapper = draw(st.sampled_from(["plain"] * 6 + ["extra", "not-a-list", "bare-list", "trailing"]))
     listed = "[" + ", ".join(records) + "]"
@@ -139,12 +150,9 @@ def _typed(value: Any) -> Any:
 RUNS = settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
-@pytest.mark.parametrize(
-    ("kind", "bodies", "share_accepted"),
-    [("record", record_bodies, (0.25, 0.75)), ("batch", batch_bodies, (0.05, 0.75))],
-)
+@pytest.mark.parametrize(("kind", "bodies"), [("record", record_bodies), ("batch", batch_bodies)])
 def test_what_the_fast_decoder_accepts_pydantic_accepts_with_the_same_values(
-    requests, metadata, kind, bodies, share_accepted
+    requests, metadata, kind, bodies
 ):
     fast_decode = requests.fast.record if kind == "record" else requests.fast.batch
     model = requests.record if kind == "record" else requests.batch
@@ -165,8 +173,10 @@ def test_what_the_fast_decoder_accepts_pydantic_accepts_with_the_same_values(
 
     check()
     # Both sides of the property are exercised: many bodies take the fast path, many do not.
-    low, high = share_accepted
-    assert low < len(accepted) / len(seen) < high, (len(accepted), len(seen))
+    assert len(accepted) >= len(seen) / 8 and len(seen) - len(accepted) >= len(seen) / 8, (
+        len(accepted),
+        len(seen),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- coverage
