@@ -19,7 +19,6 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from pydantic_core import to_json
-from starlette.concurrency import run_in_threadpool
 
 from api.decoding import by_column
 from api.loading import ServedModel
@@ -39,8 +38,6 @@ from api.service import ModelNotReady, ModelService
 from api.settings import Settings
 
 JSON = "application/json"
-# Below this many rows the model answers in well under a millisecond: a thread hop would cost more.
-INLINE_BATCH_ROWS = 32
 MAX_ECHOED_INPUT = 200
 
 
@@ -252,10 +249,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model, columns = await parse(request, batch=True)
         rows = batch_size(columns)
         metrics.batch_rows.inc(rows)
-        if rows <= INLINE_BATCH_ROWS:
-            probabilities, positive = service.predict(model, columns)
-        else:  # xgboost releases the GIL: other requests keep flowing meanwhile
-            probabilities, positive = await run_in_threadpool(service.predict, model, columns)
+        probabilities, positive = await service.predict(model, columns)
         registry = model.registry
         body = batch_body(registry.name, registry.version, model.labels, probabilities, positive)
         return Response(body, media_type=JSON)

@@ -29,8 +29,18 @@ class UnsupportedPipeline(Exception):
 class Predictor(Protocol):
     kind: str
 
+    def prepare(self, columns: ColumnBatch) -> tuple[Any, dict[str, int]]:
+        """The model's input for a batch, and how many values per feature the model never saw in training.
+        Python work, under the GIL."""
+        ...
+
+    def score(self, prepared: Any) -> np.ndarray:
+        """Positive-class probabilities for what `prepare` made: the model's own work, which may run in a
+        worker thread."""
+        ...
+
     def predict_columns(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
-        """Positive-class probabilities, and how many values per feature the model never saw in training."""
+        """`prepare` then `score`."""
         ...
 
     def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
@@ -93,15 +103,22 @@ class GenericPredictor:
         self.known = known
         self.positive_index = positive_class_index(pipeline.classes_, positive_label)
 
-    def predict_columns(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
+    def prepare(self, columns: ColumnBatch) -> tuple[pd.DataFrame, dict[str, int]]:
         unknown: dict[str, int] = {}
         for name in self.columns.categorical:
             seen = self.known[name]
             count = sum(1 for value in columns[name] if value is not None and value not in seen)
             if count:
                 unknown[name] = count
-        probabilities = self.pipeline.predict_proba(to_frame(columns, self.columns))[:, self.positive_index]
-        return np.asarray(probabilities, dtype=np.float64), unknown
+        return to_frame(columns, self.columns), unknown
+
+    def score(self, prepared: pd.DataFrame) -> np.ndarray:
+        probabilities = self.pipeline.predict_proba(prepared)[:, self.positive_index]
+        return np.asarray(probabilities, dtype=np.float64)
+
+    def predict_columns(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
+        prepared, unknown = self.prepare(columns)
+        return self.score(prepared), unknown
 
     def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
         return self.predict_columns(columns_of(rows, self.columns.order))
@@ -163,7 +180,8 @@ class FastPredictor:
         self._score_one = score_one  # float64 row (width,) -> probability of classes_[1]
         self._flip = flip  # the positive class is classes_[0]
 
-    def encode(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
+    def prepare(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
+        """The encoded float64 matrix (n, width)."""
         n = batch_size(columns)
         matrix = np.zeros((n, self.width), dtype=np.float64)
         if self._numeric:
@@ -210,12 +228,13 @@ class FastPredictor:
         probability = self._score_one(encoded)
         return (1.0 - probability if self._flip else probability), unknown
 
+    def score(self, prepared: np.ndarray) -> np.ndarray:
+        probabilities = np.asarray(self._score(prepared), dtype=np.float64)
+        return 1.0 - probabilities if self._flip else probabilities
+
     def predict_columns(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
-        matrix, unknown = self.encode(columns)
-        probabilities = np.asarray(self._score(matrix), dtype=np.float64)
-        if self._flip:
-            probabilities = 1.0 - probabilities
-        return probabilities, unknown
+        matrix, unknown = self.prepare(columns)
+        return self.score(matrix), unknown
 
     def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
         return self.predict_columns(columns_of(rows, self._names))

@@ -11,13 +11,16 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 
 from api.loading import RegistryVersion, ServedModel, load_local, load_registered, resolve_alias
 from api.metrics import ServiceMetrics, observe_many
-from api.predictor import ColumnBatch
+from api.predictor import ColumnBatch, batch_size
 from api.settings import Settings
 
 log = logging.getLogger(__name__)
+# Below this many rows the model answers in well under a millisecond: a thread hop would cost more.
+INLINE_BATCH_ROWS = 32
 
 
 class ModelNotReady(Exception):
@@ -168,11 +171,18 @@ class ModelService:
             self.metrics.unknown_categories.labels(feature).inc(count)
         return label, probability
 
-    def predict(self, model: ServedModel, columns: ColumnBatch) -> tuple[np.ndarray, np.ndarray]:
+    async def predict(self, model: ServedModel, columns: ColumnBatch) -> tuple[np.ndarray, np.ndarray]:
         """Positive-class probabilities and whether each row's label is the positive one, in row order;
-        metrics recorded."""
+        metrics recorded. Large batches are scored in a worker thread, and only scored there: the booster
+        releases the GIL, while the encoding would hold it against the requests the event loop is serving
+        meanwhile."""
         started = time.perf_counter()
-        probabilities, unknown = model.predictor.predict_columns(columns)
+        predictor = model.predictor
+        prepared, unknown = predictor.prepare(columns)
+        if batch_size(columns) <= INLINE_BATCH_ROWS:
+            probabilities = predictor.score(prepared)
+        else:
+            probabilities = await run_in_threadpool(predictor.score, prepared)
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         negative, positive = model.labels
         is_positive = probabilities > 0.5  # the classifiers' own predict() rule
