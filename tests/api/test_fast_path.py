@@ -13,6 +13,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
 from xgboost import XGBClassifier
 
+from api import trees as trees_module
 from api.compiler import compile_pipeline
 from api.predictor import Columns, UnsupportedPipeline
 from api.trees import TreeEnsemble, sigmoid
@@ -132,7 +133,10 @@ def test_shapes_it_cannot_replay_are_refused(broken, reason):
         compile_pipeline(broken().fit(train, target(train)), COLUMNS, positive_label="yes")
 
 
-def test_the_trees_replay_xgboost_with_missing_values_and_early_stopping():
+@pytest.mark.parametrize("complete_levels", [True, False], ids=["complete levels", "plain layout"])
+def test_the_trees_replay_xgboost_with_missing_values_and_early_stopping(complete_levels, monkeypatch):
+    if not complete_levels:  # the layout of ensembles too deep to pad
+        monkeypatch.setattr(trees_module, "COMPLETE_LEVELS_MAX_DEPTH", 0)
     rng = np.random.default_rng(5)
     features = rng.normal(size=(800, 6))
     labels = (features[:, 0] + features[:, 1] ** 2 > 1).astype(int)
@@ -142,6 +146,7 @@ def test_the_trees_replay_xgboost_with_missing_values_and_early_stopping():
     booster = model.get_booster()
     iterations = (0, model.best_iteration + 1)
     trees = TreeEnsemble(booster, iterations)
+    assert (trees._levels is not None) == complete_levels
     expected = booster.inplace_predict(features, iteration_range=iterations, missing=np.nan)
     np.testing.assert_allclose(trees.predict(features), expected, rtol=0, atol=TOLERANCE)
     complete = features[~np.isnan(features).any(axis=1)]
