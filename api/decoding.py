@@ -23,6 +23,8 @@ from pydantic import BaseModel, Strict
 from pydantic.fields import FieldInfo
 from pydantic.types import AllowInfNan
 
+from api.predictor import columns_of
+
 Row = dict[str, Any]
 
 
@@ -100,11 +102,6 @@ def _records_length(batch: type[BaseModel]) -> msgspec.Meta:
     return msgspec.Meta(**lengths)
 
 
-def by_column(records: list[Any], names: tuple[str, ...]) -> dict[str, list[Any]]:
-    """Validated records (anything with the features as attributes) as a ColumnBatch."""
-    return {name: list(map(attrgetter(name), records)) for name in names}
-
-
 class FastDecoder:
     """`record(body)` gives the validated record as a dict and `batch(body)` the validated batch as a
     ColumnBatch (feature -> values), or None when pydantic must look.
@@ -133,4 +130,4 @@ class FastDecoder:
             records = self._batch.decode(body).records
         except msgspec.MsgspecError:
             return None
-        return by_column(records, self._names)
+        return columns_of(records, self._names, attrgetter)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from operator import attrgetter
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,10 +21,9 @@ from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from pydantic_core import to_json
 
-from api.decoding import by_column
 from api.loading import ServedModel
 from api.metrics import BODY_FIELD, UNKNOWN_FIELD, ServiceMetrics
-from api.predictor import batch_size
+from api.predictor import columns_of
 from api.responses import (
     BatchPredictionResponse,
     ErrorResponse,
@@ -208,7 +208,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Not valid to the fast decoder: pydantic decides, and its errors are the 422 details.
         if batch:
             validated = _validate(requests.batch, body, metrics, requests.feature_names)
-            return model, by_column(validated.records, requests.columns.order)
+            return model, columns_of(validated.records, requests.columns.order, attrgetter)
         return model, _validate(requests.record, body, metrics, requests.feature_names).__dict__
 
     def prediction_route(path: str, **documentation: Any) -> Any:
@@ -247,8 +247,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def predict_batch(request: Request) -> Response:
         model, columns = await parse(request, batch=True)
-        rows = batch_size(columns)
-        metrics.batch_rows.inc(rows)
         probabilities, positive = await service.predict(model, columns)
         registry = model.registry
         body = batch_body(registry.name, registry.version, model.labels, probabilities, positive)

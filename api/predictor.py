@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
@@ -39,12 +39,8 @@ class Predictor(Protocol):
         worker thread."""
         ...
 
-    def predict_columns(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
-        """`prepare` then `score`."""
-        ...
-
     def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
-        """The same for rows."""
+        """`prepare` then `score`, for rows."""
         ...
 
     def predict_one(self, row: Row) -> tuple[float, dict[str, int]]:
@@ -64,8 +60,12 @@ class Columns:
         return (*self.numeric, *self.categorical)
 
 
-def columns_of(rows: Sequence[Row], names: Sequence[str]) -> dict[str, list[Any]]:
-    return {name: list(map(itemgetter(name), rows)) for name in names}
+def columns_of(
+    rows: Sequence[Any], names: Sequence[str], getter: Callable[[str], Any] = itemgetter
+) -> dict[str, list[Any]]:
+    """A ColumnBatch from rows: dicts by default, or objects with the features as attributes
+    (`getter=attrgetter`), such as decoded or validated records."""
+    return {name: list(map(getter(name), rows)) for name in names}
 
 
 def batch_size(columns: ColumnBatch) -> int:
@@ -92,7 +92,23 @@ def positive_class_index(classes: Sequence[Any], positive_label: str) -> int:
     raise UnsupportedPipeline(f"neither {positive_label!r} nor 1 is among the classes {classes}")
 
 
-class GenericPredictor:
+class BatchPredictor:
+    """What both predictors share: a batch is prepared, then scored; `names` are its columns."""
+
+    names: tuple[str, ...]
+
+    def prepare(self, columns: ColumnBatch) -> tuple[Any, dict[str, int]]:
+        raise NotImplementedError
+
+    def score(self, prepared: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
+        prepared, unknown = self.prepare(columns_of(rows, self.names))
+        return self.score(prepared), unknown
+
+
+class GenericPredictor(BatchPredictor):
     """The logged pipeline through a DataFrame: slow, but right for any pipeline."""
 
     kind = "generic"
@@ -100,6 +116,7 @@ class GenericPredictor:
     def __init__(self, pipeline: Any, columns: Columns, known: Mapping[str, set[str]], positive_label: str):
         self.pipeline = pipeline
         self.columns = columns
+        self.names = columns.order
         self.known = known
         self.positive_index = positive_class_index(pipeline.classes_, positive_label)
 
@@ -115,13 +132,6 @@ class GenericPredictor:
     def score(self, prepared: pd.DataFrame) -> np.ndarray:
         probabilities = self.pipeline.predict_proba(prepared)[:, self.positive_index]
         return np.asarray(probabilities, dtype=np.float64)
-
-    def predict_columns(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
-        prepared, unknown = self.prepare(columns)
-        return self.score(prepared), unknown
-
-    def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
-        return self.predict_columns(columns_of(rows, self.columns.order))
 
     def predict_one(self, row: Row) -> tuple[float, dict[str, int]]:
         probabilities, unknown = self.predict([row])
@@ -152,8 +162,9 @@ def _with_missing(column: CategoricalColumn) -> dict[Any, int]:
     return lookup
 
 
-class FastPredictor:
-    """The compiled pipeline. `predict` takes validated rows (dicts keyed by feature name)."""
+class FastPredictor(BatchPredictor):
+    """The compiled pipeline: `prepare` encodes a ColumnBatch into the float64 matrix the classifier takes,
+    `predict_one` encodes one validated record (a dict keyed by feature name) with plain Python."""
 
     def __init__(
         self,
@@ -173,7 +184,7 @@ class FastPredictor:
         self._numeric_fill = np.array([c.fill for c in numeric], dtype=np.float64)
         self._numeric_mean = np.array([c.mean for c in numeric], dtype=np.float64)
         self._numeric_scale = np.array([c.scale for c in numeric], dtype=np.float64)
-        self._names = (*self._numeric_names, *(c.name for c in categorical))
+        self.names = (*self._numeric_names, *(c.name for c in categorical))
         # category -> output column, with None (missing) already mapped the way the imputer fills it.
         self._categorical = tuple((c.name, _with_missing(c)) for c in categorical)
         self._score = score  # float64 matrix (n, width) -> probability of classes_[1], shape (n,)
@@ -231,10 +242,3 @@ class FastPredictor:
     def score(self, prepared: np.ndarray) -> np.ndarray:
         probabilities = np.asarray(self._score(prepared), dtype=np.float64)
         return 1.0 - probabilities if self._flip else probabilities
-
-    def predict_columns(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
-        matrix, unknown = self.prepare(columns)
-        return self.score(matrix), unknown
-
-    def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
-        return self.predict_columns(columns_of(rows, self._names))

@@ -176,10 +176,12 @@ class ModelService:
         metrics recorded. Large batches are scored in a worker thread, and only scored there: the booster
         releases the GIL, while the encoding would hold it against the requests the event loop is serving
         meanwhile."""
+        rows = batch_size(columns)
+        self.metrics.batch_rows.inc(rows)
         started = time.perf_counter()
         predictor = model.predictor
         prepared, unknown = predictor.prepare(columns)
-        if batch_size(columns) <= INLINE_BATCH_ROWS:
+        if rows <= INLINE_BATCH_ROWS:
             probabilities = predictor.score(prepared)
         else:
             probabilities = await run_in_threadpool(predictor.score, prepared)
@@ -189,7 +191,7 @@ class ModelService:
         positives = int(is_positive.sum())
         counters = self._counters if self.model is model else {}
         self._count(counters, positive, positives)
-        self._count(counters, negative, len(probabilities) - positives)
+        self._count(counters, negative, rows - positives)
         observe_many(self.metrics.probability, probabilities)
         for feature, count in unknown.items():
             self.metrics.unknown_categories.labels(feature).inc(count)

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 
+from tests.support.dockerfiles import instructions as dockerfile_instructions
 from tests.support.processes import REPO_ROOT, require_tool
 
 DOCKERFILE = REPO_ROOT / "api" / "Dockerfile"
 
 
 def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    parsed = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            keyword, _, rest = line.partition(" ")
-            parsed.append((keyword.upper(), rest.strip()))
-    return parsed
+    return dockerfile_instructions(DOCKERFILE)
 
 
 def test_hadolint_passes():

@@ -15,21 +15,14 @@ import sys
 import pytest
 import yaml
 
+from tests.support.dockerfiles import instructions as dockerfile_instructions
 from tests.support.processes import REPO_ROOT, require_tool
 
 DOCKERFILE = REPO_ROOT / "stages" / "Dockerfile"
 
 
 def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined."""
-    joined = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    found = []
-    for line in joined.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            keyword, _, rest = line.partition(" ")
-            found.append((keyword.upper(), rest.strip()))
-    return found
+    return dockerfile_instructions(DOCKERFILE)
 
 
 def dockerignore_patterns() -> list[str]:
