@@ -4,7 +4,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 VENV := .venv
-UV_VERSION := 0.13.9
+# uv's version has one home, pyproject.toml's `[tool.uv] required-version`; the images read it there too.
+UV_VERSION := $(shell sed -n 's/^required-version = "==\(.*\)"$$/\1/p' pyproject.toml 2>/dev/null)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 # The embedded default: MLflow in a SQLite file at the repository root, no server. Absolute, so that
@@ -13,6 +14,11 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 
 API_HOST ?= 127.0.0.1
 API_PORT ?= 8000
+# What the service serves and follows: params.yaml names them (mlflow.model_name, mlflow.aliases), and
+# this is how they reach it. Recursive (=), so they are read once .venv exists; the environment wins.
+MODEL_NAME ?= $(shell $(VENV)/bin/python -m stages.params mlflow.model_name)
+MODEL_ALIAS ?= $(shell $(VENV)/bin/python -m stages.params mlflow.aliases.production)
+SERVE := MODEL_NAME=$(MODEL_NAME) MODEL_ALIAS=$(MODEL_ALIAS) python -m api --host $(API_HOST) --port $(API_PORT)
 
 .PHONY: help
 help: ## list the targets
@@ -44,15 +50,15 @@ system-deps: ## install the Debian packages the tests run (prometheus, promtool,
 .PHONY: run
 run: venv ## reproduce the pipeline, promote the first model, serve it at http://localhost:8000/docs
 	dvc repro
-	python -m stages.promote --first
-	python -m api --host $(API_HOST) --port $(API_PORT)
+	python -m stages.registry promote --first
+	$(SERVE)
 
 .PHONY: test
 test: venv system-deps lint ## lint, then the whole test suite
 	pytest
 
 .PHONY: lint
-lint: venv ## ruff, format check and the config linters (pre-commit, local hooks)
+lint: venv ## ruff, format check, mypy and the config linters (pre-commit, local hooks)
 	pre-commit run --all-files --show-diff-on-failure
 
 # ---------------------------------------------------------------- pipeline
@@ -62,11 +68,11 @@ repro: venv ## dvc repro (MLflow in mlflow.db unless MLFLOW_TRACKING_URI says ot
 
 .PHONY: promote
 promote: venv ## move the `production` alias to the `staging` version
-	python -m stages.promote
+	python -m stages.registry promote
 
 .PHONY: rollback
 rollback: venv ## move `production` back to the version it replaced
-	python -m stages.promote --rollback
+	python -m stages.registry rollback
 
 .PHONY: exp
 exp: venv ## a ready-made sweep: queue XGBoost depths and sizes, run two at a time, show the table
@@ -77,12 +83,12 @@ exp: venv ## a ready-made sweep: queue XGBoost depths and sizes, run two at a ti
 	@! dvc queue status | grep -E ' Failed' || { echo "some experiments failed: dvc queue logs <name>"; exit 1; }
 
 .PHONY: serve
-serve: venv ## serve the production model on API_HOST:API_PORT (MODEL_NAME, MODEL_ALIAS, MODEL_URI override)
-	python -m api --host $(API_HOST) --port $(API_PORT)
+serve: venv ## serve params.yaml's production model on API_HOST:API_PORT (MODEL_NAME, MODEL_ALIAS, MODEL_URI override)
+	$(SERVE)
 
 .PHONY: bench
-bench: venv system-deps ## the api vs `mlflow models serve` vs bare FastAPI (wrk, 32 connections); needs a production model
-	python -m tests.benchmarks.api
+bench: venv system-deps ## the api vs `mlflow models serve` vs bare FastAPI (wrk, 32 connections; BENCH_ARGS="--baseline REF"); needs a production model
+	MODEL_NAME=$(MODEL_NAME) MODEL_ALIAS=$(MODEL_ALIAS) python -m tests.benchmarks.api $(BENCH_ARGS)
 
 .PHONY: bench-pipeline
 bench-pipeline: venv ## wall time of a full `dvc repro` and of a no-op one
@@ -96,12 +102,12 @@ IMAGE_MODEL_DIR ?= $(or $(RUNNER_TEMP),/tmp)/fast-mlops-image-model
 DEPLOY_TIMEOUT ?= 300
 
 .PHONY: gate
-gate: venv ## fail if metrics.json misses a floor or regresses against BASE_REF (params.yaml `quality`)
-	python -m stages.gate --base $(BASE_REF)
+gate: venv ## fail if metrics.json misses a floor or regresses against BASE_REF (params.yaml `quality.metrics`)
+	python -m stages.ci.gate --base $(BASE_REF)
 
 .PHONY: pr-comment
 pr-comment: venv ## write the PR comment (metric diff, params diff, gate verdict) to PR_COMMENT
-	python -m stages.pr_comment --base $(BASE_REF) --output $(PR_COMMENT)
+	python -m stages.ci.pr_comment --base $(BASE_REF) --output $(PR_COMMENT)
 
 .PHONY: ci
 ci: venv ## what ci.yml runs, in its order, less posting and pushing: reproduce a CI failure here
@@ -110,12 +116,12 @@ ci: venv ## what ci.yml runs, in its order, less posting and pushing: reproduce 
 	git diff --exit-code dvc.lock || { echo "dvc.lock is stale: run 'make repro' and commit it"; exit 1; }
 	$(MAKE) pr-comment
 	$(MAKE) gate
-	python -m stages.export_model --output $(IMAGE_MODEL_DIR)
+	python -m stages.ci.export_model --output $(IMAGE_MODEL_DIR)
 	@echo "ci: passed; the comment is in $(PR_COMMENT), the model to bake in $(IMAGE_MODEL_DIR)"
 
 .PHONY: deploy
 deploy: venv ## CD: promote staging, roll out IMAGE, verify DEPLOY_URL, roll back on failure
-	python -m stages.deploy --timeout $(DEPLOY_TIMEOUT)
+	python -m stages.ci.deploy --timeout $(DEPLOY_TIMEOUT)
 
 # ---------------------------------------------------------------- the stack (compose.yaml, monitoring/)
 COMPOSE := docker compose --env-file .env

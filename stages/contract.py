@@ -1,5 +1,5 @@
-"""The data contract, declared once in params.yaml (`features`, `validate`) and built here as pandera
-schemas. The validate stage and the tests both use it."""
+"""The data contract, declared once in params.yaml (`features`, `validate`; typed and cross-checked in
+stages.params) and built here as pandera schemas. The validate stage and the tests both use it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 import pandas as pd
 import pandera.pandas as pa
 
-SPLITS = ("train", "val", "test")
+from stages.params import Params, Split
+
 STRUCTURAL_CHECKS = {"column_in_dataframe": "missing_column", "column_in_schema": "unexpected_column"}
 
 
@@ -21,39 +22,38 @@ def _missing_at_most(limit: float) -> pa.Check:
     )
 
 
-def split_schema(params: dict[str, Any], split: str) -> pa.DataFrameSchema:
-    features, rules = params["features"], params["validate"]
+def _bound(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def split_schema(params: Params, split: Split) -> pa.DataFrameSchema:
+    features, rules = params.features, params.validation
     columns: dict[str, pa.Column] = {}
-    for name, spec in features["numeric"].items():
+    for name, numeric in features.numeric.items():
         columns[name] = pa.Column(
-            spec["dtype"],
+            numeric.dtype,
             checks=[
-                pa.Check.in_range(spec["min"], spec["max"]),
-                _missing_at_most(spec.get("max_missing", 0.0)),
+                pa.Check.in_range(_bound(numeric.min), _bound(numeric.max)),
+                _missing_at_most(numeric.max_missing),
             ],
-            nullable=spec.get("max_missing", 0.0) > 0,
+            nullable=numeric.max_missing > 0,
         )
-    for name, spec in features["categorical"].items():
+    for name, categorical in features.categorical.items():
         columns[name] = pa.Column(
             "string",
-            checks=[pa.Check.isin(spec["categories"]), _missing_at_most(spec.get("max_missing", 0.0))],
-            nullable=spec.get("max_missing", 0.0) > 0,
+            checks=[pa.Check.isin(categorical.categories), _missing_at_most(categorical.max_missing)],
+            nullable=categorical.max_missing > 0,
         )
-    columns[features["target"]] = pa.Column("string", checks=pa.Check.isin(features["labels"]))
+    columns[features.target] = pa.Column("string", checks=pa.Check.isin(features.labels))
 
-    positive, bounds = features["positive_label"], rules["positive_fraction"]
+    positive, bounds, min_rows = features.positive_label, rules.positive_fraction, rules.min_rows[split]
     return pa.DataFrameSchema(
         columns,
         checks=[
+            pa.Check(lambda frame: len(frame) >= min_rows, name=f"row_count>={min_rows}"),
             pa.Check(
-                lambda frame: len(frame) >= rules["min_rows"][split],
-                name=f"row_count>={rules['min_rows'][split]}",
-            ),
-            pa.Check(
-                lambda frame: (
-                    bounds["min"] <= (frame[features["target"]] == positive).mean() <= bounds["max"]
-                ),
-                name=f"positive_fraction_in[{bounds['min']},{bounds['max']}]",
+                lambda frame: bounds.min <= (frame[features.target] == positive).mean() <= bounds.max,
+                name=f"positive_fraction_in[{bounds.min},{bounds.max}]",
             ),
         ],
         strict=True,
@@ -62,7 +62,7 @@ def split_schema(params: dict[str, Any], split: str) -> pa.DataFrameSchema:
     )
 
 
-def leaked_rows(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def leaked_rows(splits: dict[Split, pd.DataFrame]) -> pd.DataFrame:
     """Rows that appear, identical in every column, in more than one split."""
     keyed = []
     for name, frame in splits.items():
@@ -74,7 +74,7 @@ def leaked_rows(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return combined[combined["row_hash"].isin(shared)]
 
 
-def violations(params: dict[str, Any], splits: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
+def violations(params: Params, splits: dict[Split, pd.DataFrame]) -> list[dict[str, Any]]:
     """Every failed check as {split, check, column, count, examples}; empty when the data is clean."""
     found: list[dict[str, Any]] = []
     for split, frame in splits.items():

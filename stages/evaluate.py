@@ -16,10 +16,12 @@ from sklearn.calibration import calibration_curve
 from sklearn.inspection import permutation_importance
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from stages.config import load_params, path
+from stages.classification import classification_metrics, predicted_positive
+from stages.errors import run
 from stages.features import labels, model_inputs
-from stages.metrics import DECISION_THRESHOLD, classification_metrics
-from stages.tracking import configure, find_training_run
+from stages.params import load_params
+from stages.tracking import configure, training_run
+from stages.workspace import output, workspace
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -31,7 +33,9 @@ def _rounded(values: np.ndarray) -> list[float]:
     return [round(float(value), DIGITS) for value in values]
 
 
-def slice_metrics(frame: pd.DataFrame, probability: np.ndarray, y: np.ndarray, columns: list[str]) -> dict:
+def slice_metrics(
+    frame: pd.DataFrame, probability: np.ndarray, y: np.ndarray, columns: list[str], threshold: float
+) -> dict[str, dict[str, Any]]:
     """Per-value metrics for each sensitive attribute; AUCs only where both classes occur."""
     report: dict[str, dict[str, Any]] = {}
     for column in columns:
@@ -43,16 +47,24 @@ def slice_metrics(frame: pd.DataFrame, probability: np.ndarray, y: np.ndarray, c
                 "positive_rate": round(float(y[mask].mean()), DIGITS),
             }
             if len(np.unique(y[mask])) == 2:
-                entry.update(classification_metrics(y[mask], probability[mask]))
+                entry.update(classification_metrics(y[mask], probability[mask], threshold))
             report[column][str(value)] = entry
     return report
 
 
-def plot_data(pipeline, x: pd.DataFrame, y: np.ndarray, probability: np.ndarray, bins: int, seed: int):
+def plot_data(
+    pipeline: Any,
+    x: pd.DataFrame,
+    y: np.ndarray,
+    probability: np.ndarray,
+    threshold: float,
+    bins: int,
+    seed: int,
+) -> dict[str, list[dict[str, Any]]]:
     fpr, tpr, _ = roc_curve(y, probability)
     precision, recall, _ = precision_recall_curve(y, probability)
     fraction_positive, mean_predicted = calibration_curve(y, probability, n_bins=bins, strategy="quantile")
-    predicted = (probability >= DECISION_THRESHOLD).astype(int)
+    predicted = predicted_positive(probability, threshold).astype(int)
     importance = permutation_importance(
         pipeline, x, y, scoring="roc_auc", n_repeats=3, random_state=seed, n_jobs=1
     )
@@ -74,7 +86,7 @@ def plot_data(pipeline, x: pd.DataFrame, y: np.ndarray, probability: np.ndarray,
     }
 
 
-def figures(plots: dict[str, list[dict]]) -> dict[str, plt.Figure]:
+def figures(plots: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """PNG views of the same data for the MLflow UI."""
     drawn = {}
     for name, x, y in (
@@ -103,33 +115,33 @@ def figures(plots: dict[str, list[dict]]) -> dict[str, plt.Figure]:
 
 def main() -> None:
     params = load_params()
-    features = params["features"]
-    model_file = path("model") / "model.pkl"
-    model_bytes = model_file.read_bytes()
+    features, threshold = params.features, params.features.decision_threshold
+    model_bytes = (workspace() / params.paths.model / "model.pkl").read_bytes()
     pipeline = pickle.loads(model_bytes)
-    test = pd.read_parquet(path("prepared") / "test.parquet")
+    test = pd.read_parquet(workspace() / params.paths.prepared / "test.parquet")
     x_test, y_test = model_inputs(test, features), labels(test, features)
     probability = pipeline.predict_proba(x_test)[:, 1]
 
-    scores = classification_metrics(y_test, probability)
-    slices = slice_metrics(test, probability, y_test, params["evaluate"]["slices"])
+    scores = classification_metrics(y_test, probability, threshold)
+    slices = slice_metrics(test, probability, y_test, params.evaluate.slices, threshold)
     plots = plot_data(
-        pipeline, x_test, y_test, probability, params["evaluate"]["calibration_bins"], params["train"]["seed"]
+        pipeline, x_test, y_test, probability, threshold, params.evaluate.calibration_bins, params.train.seed
     )
 
-    path("predictions").parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"label": y_test, "probability": probability}).to_parquet(path("predictions"), index=False)
-    write_json(path("metrics"), scores)
-    write_json(path("slices"), slices)
+    predictions = output(params.paths.predictions)
+    pd.DataFrame({"label": y_test, "probability": probability}).to_parquet(predictions, index=False)
+    write_json(output(params.paths.metrics), scores)
+    write_json(output(params.paths.slices), slices)
+    plots_dir = output(params.paths.plots)
     for name, rows in plots.items():
-        write_json(path("plots") / f"{name}.json", rows)
+        write_json(plots_dir / f"{name}.json", rows)
 
     configure()
-    run = find_training_run(hashlib.sha256(model_bytes).hexdigest())
-    for run_id in (run.info.run_id, run.data.tags["chosen_run_id"]):
-        with mlflow.start_run(run_id=run_id, nested=run_id != run.info.run_id):
+    parent = training_run(hashlib.sha256(model_bytes).hexdigest())
+    for run_id in (parent.info.run_id, parent.data.tags["chosen_run_id"]):
+        with mlflow.start_run(run_id=run_id, nested=run_id != parent.info.run_id):
             mlflow.log_metrics({f"test_{name}": value for name, value in scores.items()})
-    with mlflow.start_run(run_id=run.info.run_id):
+    with mlflow.start_run(run_id=parent.info.run_id):
         mlflow.log_metrics(
             {
                 f"test_slice.{column}.{value}.{metric}": entry[metric]
@@ -141,7 +153,7 @@ def main() -> None:
         )
         mlflow.log_dict(slices, "evaluation/slices.json")
         mlflow.log_dict(scores, "evaluation/metrics.json")
-        mlflow.log_artifacts(str(path("plots")), "evaluation/plots")
+        mlflow.log_artifacts(str(plots_dir), "evaluation/plots")
         for name, figure in figures(plots).items():
             mlflow.log_figure(figure, f"evaluation/{name}.png")
             plt.close(figure)
@@ -154,4 +166,4 @@ def write_json(file: Path, content: Any) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "evaluate")

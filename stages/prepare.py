@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import re
-import sys
 from pathlib import Path
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from stages.config import load_params, path, workspace
+from stages.errors import StageError, run
+from stages.params import load_params
+from stages.workspace import output, workspace
 
 PACKAGE_PREFIX = "package:"
 
@@ -50,7 +51,9 @@ def read_raw(file: Path, index_column: int | None, missing_markers: list[str]) -
     return frame.reset_index(drop=True)
 
 
-def split(frame: pd.DataFrame, target: str, val_fraction: float, test_fraction: float, seed: int):
+def split(
+    frame: pd.DataFrame, target: str, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, pd.DataFrame]:
     """Stratified split of the distinct rows; identical rows always land in the same split, so the
     evaluation never scores a row the model was trained on."""
     row_key = pd.util.hash_pandas_object(frame, index=False)
@@ -70,39 +73,37 @@ def split(frame: pd.DataFrame, target: str, val_fraction: float, test_fraction: 
 
 def main() -> None:
     params = load_params()
-    data, prepare = params["data"], params["prepare"]
-    source = resolve_source(data["source"])
+    data, prepare = params.data, params.prepare
+    source = resolve_source(data.source)
     actual = sha256_of(source)
-    if actual != data["sha256"]:
-        sys.exit(
-            f"prepare: {source} has sha256 {actual}, params.yaml data.sha256 expects {data['sha256']}.\n"
+    if actual != data.sha256:
+        raise StageError(
+            f"{source} has sha256 {actual}, params.yaml data.sha256 expects {data.sha256}.\n"
             "If the new file is intended, put its sha256 in params.yaml."
         )
 
     try:
-        frame = read_raw(source, data["index_column"], data["missing_markers"])
+        frame = read_raw(source, data.index_column, data.missing_markers)
     except (OSError, ValueError) as error:  # pandas' EmptyDataError and ParserError are ValueErrors
-        sys.exit(f"prepare: cannot read {source}: {error}")
-    frame = frame.drop(columns=[snake_case(name) for name in data["drop_columns"]], errors="ignore")
-    target = params["features"]["target"]
+        raise StageError(f"cannot read {source}: {error}") from None
+    frame = frame.drop(columns=[snake_case(name) for name in data.drop_columns], errors="ignore")
+    target = params.features.target
     if target not in frame.columns or frame.empty:
-        sys.exit(
-            f"prepare: {source} has {len(frame)} rows and columns {list(frame.columns)}; it needs rows and "
+        raise StageError(
+            f"{source} has {len(frame)} rows and columns {list(frame.columns)}; it needs rows and "
             f"the target column '{target}' (params.yaml features.target)"
         )
-    if data["sample_rows"]:
+    if data.sample_rows:
         frame, _ = train_test_split(
-            frame, train_size=int(data["sample_rows"]), stratify=frame[target], random_state=prepare["seed"]
+            frame, train_size=data.sample_rows, stratify=frame[target], random_state=prepare.seed
         )
 
-    out = path("prepared")
+    out = output(params.paths.prepared)
     out.mkdir(parents=True, exist_ok=True)
-    for name, part in split(
-        frame, target, prepare["val_fraction"], prepare["test_fraction"], prepare["seed"]
-    ).items():
+    for name, part in split(frame, target, prepare.val_fraction, prepare.test_fraction, prepare.seed).items():
         part.reset_index(drop=True).to_parquet(out / f"{name}.parquet", index=False)
         print(f"prepare: {name}: {len(part)} rows")
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "prepare")

@@ -18,23 +18,25 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from xgboost import XGBClassifier
 
-from stages.config import experiment_name, git_dirty, git_sha, load_params, path
+from stages.classification import classification_metrics
+from stages.errors import run
 from stages.features import feature_metadata, labels, model_inputs
-from stages.metrics import classification_metrics
-from stages.tracking import configure
+from stages.params import Family, Features, load_params
+from stages.tracking import TrainingRun, configure, record_training_run
+from stages.workspace import experiment_name, git_dirty, git_sha, output, workspace
 
 MISSING_CATEGORY = "__missing__"
 SERVING_PACKAGES = ("mlflow", "scikit-learn", "xgboost-cpu", "pandas", "numpy", "cloudpickle")
 
 
-def build_pipeline(family: str, features: dict[str, Any], settings: dict[str, Any], seed: int) -> Pipeline:
+def build_pipeline(family: Family, features: Features, settings: dict[str, Any], seed: int) -> Pipeline:
     """Preprocessing and estimator in one Pipeline, so training and serving cannot drift apart."""
     preprocess = ColumnTransformer(
         [
             (
                 "numeric",
                 Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
-                list(features["numeric"]),
+                list(features.numeric),
             ),
             (
                 "categorical",
@@ -44,17 +46,16 @@ def build_pipeline(family: str, features: dict[str, Any], settings: dict[str, An
                         ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
                     ]
                 ),
-                list(features["categorical"]),
+                list(features.categorical),
             ),
         ],
         sparse_threshold=0.0,
     )
+    estimator: LogisticRegression | XGBClassifier
     if family == "logreg":
-        estimator = LogisticRegression(C=settings["C"], max_iter=settings["max_iter"], random_state=seed)
-    elif family == "xgboost":
+        estimator = LogisticRegression(**settings, random_state=seed)
+    else:  # stages.params.Family names every family there is
         estimator = XGBClassifier(**settings, tree_method="hist", random_state=seed, eval_metric="logloss")
-    else:
-        raise SystemExit(f"train: unknown candidate family {family!r}; known: logreg, xgboost")
     return Pipeline([("preprocess", preprocess), ("classifier", estimator)])
 
 
@@ -65,14 +66,15 @@ def serving_requirements() -> list[str]:
 
 def main() -> None:
     params = load_params()
-    features, settings = params["features"], params["train"]
-    prepared = path("prepared")
+    features, settings = params.features, params.train
+    prepared = workspace() / params.paths.prepared
     train = pd.read_parquet(prepared / "train.parquet")
     val = pd.read_parquet(prepared / "val.parquet")
     x_train, y_train = model_inputs(train, features), labels(train, features)
     x_val, y_val = model_inputs(val, features), labels(val, features)
     metadata = feature_metadata(train, features)
     example = x_val.dropna().head(5)
+    threshold, selection = features.decision_threshold, settings.selection_metric
 
     configure()
     run_name = experiment_name() or f"repro-{git_sha()[:8]}"
@@ -80,12 +82,13 @@ def main() -> None:
     candidates: dict[str, dict[str, Any]] = {}
     fitted: dict[str, Pipeline] = {}
     with mlflow.start_run(run_name=run_name, tags=tags) as parent:
-        for family in settings["candidates"]:
+        for family in settings.candidates:
+            family_settings = settings.settings(family)
             with mlflow.start_run(run_name=f"{run_name}/{family}", nested=True, tags=tags) as child:
-                pipeline = build_pipeline(family, features, settings[family], settings["seed"])
+                pipeline = build_pipeline(family, features, family_settings, settings.seed)
                 pipeline.fit(x_train, y_train)
-                scores = classification_metrics(y_val, pipeline.predict_proba(x_val)[:, 1])
-                mlflow.log_params({"family": family, **settings[family]})
+                scores = classification_metrics(y_val, pipeline.predict_proba(x_val)[:, 1], threshold)
+                mlflow.log_params({"family": family, **family_settings})
                 mlflow.log_metrics({f"val_{name}": value for name, value in scores.items()})
                 info = mlflow.sklearn.log_model(
                     pipeline,
@@ -100,19 +103,18 @@ def main() -> None:
                 )
             candidates[family] = {"run_id": child.info.run_id, "model_uri": info.model_uri, "val": scores}
             fitted[family] = pipeline
-            print(
-                f"train: {family}: val {settings['selection_metric']}={scores[settings['selection_metric']]:.4f}"
-            )
+            print(f"train: {family}: val {selection}={scores[selection]:.4f}")
 
-        best = max(candidates, key=lambda family: candidates[family]["val"][settings["selection_metric"]])
-        model_dir = path("model")
+        best = max(candidates, key=lambda family: candidates[family]["val"][selection])
+        model_dir = output(params.paths.model)
         model_dir.mkdir(parents=True, exist_ok=True)
         model_bytes = pickle.dumps(fitted[best], protocol=5)
         (model_dir / "model.pkl").write_bytes(model_bytes)
         (model_dir / "feature_metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        model_sha256 = hashlib.sha256(model_bytes).hexdigest()
         mlflow.set_tags(
             {
-                "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+                "model_sha256": model_sha256,
                 "chosen_family": best,
                 "chosen_run_id": candidates[best]["run_id"],
                 "chosen_model_uri": candidates[best]["model_uri"],
@@ -120,22 +122,23 @@ def main() -> None:
         )
         mlflow.log_params(
             {
-                "candidates": ",".join(settings["candidates"]),
+                "candidates": ",".join(settings.candidates),
                 "chosen_family": best,
-                "sample_rows": params["data"]["sample_rows"],
-                "seed": settings["seed"],
+                "sample_rows": params.data.sample_rows,
+                "seed": settings.seed,
             }
         )
         mlflow.log_dict(metadata, "feature_metadata.json")
+    record_training_run(TrainingRun(run_id=parent.info.run_id, model_sha256=model_sha256))
 
     report = {
-        "selection_metric": settings["selection_metric"],
+        "selection_metric": selection,
         "chosen": best,
         "candidates": {family: item["val"] for family, item in candidates.items()},
     }
-    path("candidates").write_text(json.dumps(report, indent=2) + "\n")
+    output(params.paths.candidates).write_text(json.dumps(report, indent=2) + "\n")
     print(f"train: chose {best} (MLflow run {parent.info.run_id})")
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "train")

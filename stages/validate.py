@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import json
-import sys
+from typing import Any
 
 import pandas as pd
 
-from stages.config import load_params, path
-from stages.contract import SPLITS, violations
+from stages.contract import violations
+from stages.errors import StageError, run
+from stages.params import SPLITS, load_params
+from stages.workspace import output, workspace
+
+
+class ContractViolated(StageError):
+    """The data breaks the contract; the message is the report."""
 
 
 def read_split(name: str) -> pd.DataFrame:
-    file = path("prepared") / f"{name}.parquet"
+    file = workspace() / load_params().paths.prepared / f"{name}.parquet"
     try:
         return pd.read_parquet(file)
     except (OSError, ValueError) as error:
-        sys.exit(f"validate: cannot read {file}: {error}")
+        raise StageError(f"cannot read {file}: {error}") from None
 
 
-def render(found: list[dict]) -> str:
-    lines = [f"validate: {len(found)} check(s) failed:"]
+def render(found: list[dict[str, Any]]) -> str:
+    lines = [f"{len(found)} check(s) failed:"]
     for item in found:
         where = f"column '{item['column']}'" if item["column"] else "table"
         examples = f" e.g. {', '.join(item['examples'])}" if item["examples"] else ""
@@ -37,11 +43,11 @@ def main() -> None:
         "rows": {name: len(frame) for name, frame in splits.items()},
         "violations": found,
     }
-    path("validation").write_text(json.dumps(report, indent=2) + "\n")
+    output(params.paths.validation).write_text(json.dumps(report, indent=2) + "\n")
     if found:
-        sys.exit(render(found))
+        raise ContractViolated(render(found))
     print(f"validate: all checks passed ({report['rows']})")
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "validate")

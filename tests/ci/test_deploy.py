@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from stages.deploy import Steps, deploy, post_hook
-from stages.deploy_check import Expected, verify
+from stages.ci.deploy import Steps, deploy, post_hook
+from stages.ci.deploy_check import Expected, verify
 from tests.ci.fake_service import ServiceState, fake_service
 from tests.support.processes import REPO_ROOT, subprocess_env
 
@@ -25,7 +25,7 @@ class FakeRegistry:
         return None if self.staging is None else Expected(NAME, self.staging)
 
     def promote(self) -> None:
-        """Like stages.promote: production takes the staging version, which loses its alias."""
+        """Like stages.registry.promote: production takes the staging version, which loses its alias."""
         self.calls.append("promote")
         self.replaced, self.production_version, self.staging = self.production_version, self.staging, None
 
@@ -112,34 +112,34 @@ def test_an_unreachable_hook_counts_as_a_failed_rollout():
     assert registry.calls == ["promote", "rollback"]
 
 
-# ---------------------------------------------------------------- `python -m stages.deploy`, for real
+# ---------------------------------------------------------------- `python -m stages.ci.deploy`, for real
 
 
 def _registry(tmp_path, production: str, staging: str) -> str:
     """A SQLite registry holding versions 1..2 of the project's model, with the two aliases set."""
     from mlflow import MlflowClient
 
-    from stages.config import load_params
+    from stages.params import load_params
 
-    names = load_params()["mlflow"]
+    names = load_params().mlflow
     uri = f"sqlite:///{tmp_path / 'registry.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.create_registered_model(names["model_name"])
+    client.create_registered_model(names.model_name)
     for _ in range(2):
-        client.create_model_version(names["model_name"], source=(tmp_path / "model").as_uri())
-    client.set_registered_model_alias(names["model_name"], names["aliases"]["production"], production)
-    client.set_registered_model_alias(names["model_name"], names["aliases"]["staging"], staging)
+        client.create_model_version(names.model_name, source=(tmp_path / "model").as_uri())
+    client.set_registered_model_alias(names.model_name, names.aliases.production, production)
+    client.set_registered_model_alias(names.model_name, names.aliases.staging, staging)
     return uri
 
 
 def _production_version(uri: str) -> str:
     from mlflow import MlflowClient
 
-    from stages.config import load_params
+    from stages.params import load_params
 
-    names = load_params()["mlflow"]
+    names = load_params().mlflow
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    return str(client.get_model_version_by_alias(names["model_name"], names["aliases"]["production"]).version)
+    return str(client.get_model_version_by_alias(names.model_name, names.aliases.production).version)
 
 
 def _make_deploy(uri: str, url: str, image: str) -> subprocess.CompletedProcess[str]:
@@ -152,7 +152,7 @@ def _make_deploy(uri: str, url: str, image: str) -> subprocess.CompletedProcess[
     )
     env.pop("DEPLOY_TOKEN", None)
     return subprocess.run(
-        [sys.executable, "-m", "stages.deploy", "--timeout", "1", "--interval", "0.2"],
+        [sys.executable, "-m", "stages.ci.deploy", "--timeout", "1", "--interval", "0.2"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

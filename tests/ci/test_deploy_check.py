@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stages.deploy_check import Expected, check_once, verify
+from stages.ci.deploy_check import Expected, check_once, verify
 from tests.ci.fake_service import ServiceState, fake_service
 from tests.support.processes import free_port
 

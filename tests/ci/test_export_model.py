@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from stages.export_model import export
+from stages.ci.export_model import export
+from stages.registry import RegistryError
 
 
 # mlflow.pyfunc warns about its own agent type hints when first imported (in colour, hence the `.*`).
@@ -43,5 +44,5 @@ def test_export_copies_the_first_alias_that_is_set_as_a_loadable_model(tmp_path,
     exported = mlflow.sklearn.load_model(str(tmp_path / "out"))
     np.testing.assert_allclose(exported.predict_proba(features), models[1].predict_proba(features))
 
-    with pytest.raises(SystemExit, match="none of the aliases champion"):
+    with pytest.raises(RegistryError, match="none of the aliases champion"):
         export("tiny", ["champion"], tmp_path / "none")

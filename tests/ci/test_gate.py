@@ -8,24 +8,26 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from stages import gate
-from stages.config import load_params
-from stages.gate import Rule, evaluate, numeric_metrics, rules_from_params
+from stages.ci import gate
+from stages.params import load_params
+from stages.quality import Rule, evaluate, numeric_metrics, rules_from_params
+from tests.support.processes import REPO_ROOT
 
 QUALITY = {
-    "floors": {"roc_auc": 0.90, "accuracy": 0.83},
-    "tolerances": {
-        "roc_auc": {"direction": "higher", "tolerance": 0.005},
-        "accuracy": {"direction": "higher", "tolerance": 0.01},
+    "primary_metric": "roc_auc",
+    "metrics": {
+        "roc_auc": {"direction": "higher", "floor": 0.90, "tolerance": 0.005},
+        "accuracy": {"direction": "higher", "floor": 0.83, "tolerance": 0.01},
         "log_loss": {"direction": "lower", "tolerance": 0.01},
     },
 }
-RULES = rules_from_params(QUALITY)
+RULES = rules_from_params(QUALITY["metrics"])
 MAIN = {"roc_auc": 0.93, "accuracy": 0.86, "log_loss": 0.30, "recall": 0.60}
 
 
-def test_rules_are_read_from_floors_and_tolerances():
+def test_rules_are_read_from_one_record_per_metric():
     assert {
         "roc_auc": Rule(direction="higher", floor=0.90, tolerance=0.005),
         "accuracy": Rule(direction="higher", floor=0.83, tolerance=0.01),
@@ -35,11 +37,11 @@ def test_rules_are_read_from_floors_and_tolerances():
 
 def test_a_direction_other_than_higher_or_lower_is_refused():
     with pytest.raises(ValueError, match="direction"):
-        rules_from_params({"tolerances": {"f1": {"direction": "up", "tolerance": 0.1}}})
+        rules_from_params({"f1": {"direction": "up", "tolerance": 0.1}})
 
 
 def test_the_projects_own_params_give_every_tolerance_a_direction():
-    rules = rules_from_params(load_params()["quality"])
+    rules = load_params().quality.metrics
     assert rules, "params.yaml quality block defines no gated metric"
     assert {rule.direction for rule in rules.values()} <= {"higher", "lower"}
 
@@ -108,7 +110,7 @@ def test_floors_apply_even_without_a_baseline():
 
 
 def test_a_floor_on_a_lower_is_better_metric_is_a_ceiling():
-    rules = rules_from_params({"floors": {"brier": 0.1}, "tolerances": {"brier": {"direction": "lower"}}})
+    rules = rules_from_params({"brier": {"direction": "lower", "floor": 0.1}})
     assert evaluate({"brier": 0.09}, None, rules).passed
     assert evaluate({"brier": 0.11}, None, rules).failures == ["brier 0.1100 is above its ceiling 0.1000"]
 
@@ -137,7 +139,8 @@ def repo(tmp_path, monkeypatch) -> Path:
     """A repository whose main holds params.yaml and data/metrics.json, checked out on a branch."""
     root = tmp_path / "repo"
     (root / "data").mkdir(parents=True)
-    params = {"paths": {"metrics": "data/metrics.json"}, "quality": QUALITY}
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["quality"] = QUALITY
     (root / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
     (root / "data" / "metrics.json").write_text(json.dumps(MAIN))
     _git(root, "init", "-q", "-b", "main")

@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 
-from stages import pr_comment
-from stages.config import load_params
-from stages.gate import evaluate, rules_from_params
-from stages.pr_comment import ABSENT, params_diff, render
+import yaml
+
+from stages.ci import pr_comment
+from stages.ci.pr_comment import ABSENT, params_diff, render
+from stages.params import load_params
+from stages.quality import evaluate, rules_from_params
+from tests.support.processes import REPO_ROOT
 
 RULES = rules_from_params(
     {
-        "floors": {"roc_auc": 0.90},
-        "tolerances": {
-            "roc_auc": {"direction": "higher", "tolerance": 0.005},
-            "log_loss": {"direction": "lower", "tolerance": 0.01},
-        },
+        "roc_auc": {"direction": "higher", "floor": 0.90, "tolerance": 0.005},
+        "log_loss": {"direction": "lower", "tolerance": 0.01},
     }
 )
 MAIN = {"roc_auc": 0.93, "log_loss": 0.30, "recall": 0.60}
@@ -121,13 +121,16 @@ def test_params_diff_tells_null_from_absent_and_escapes_table_pipes():
 def test_main_writes_the_comment_for_a_real_branch(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     (repo / "data").mkdir(parents=True)
-    params = {"paths": {"metrics": "data/metrics.json"}, "quality": {"floors": {"roc_auc": 0.9}}, "seed": 1}
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["quality"] = {"primary_metric": "roc_auc", "metrics": {"roc_auc": {"floor": 0.9}}}
+    params["prepare"]["seed"] = 1
     (repo / "params.yaml").write_text(json.dumps(params))
     (repo / "data" / "metrics.json").write_text(json.dumps({"roc_auc": 0.93}))
     identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
     for command in (["init", "-q", "-b", "main"], ["add", "."], [*identity, "commit", "-q", "-m", "base"]):
         subprocess.run(["git", *command], cwd=repo, check=True)
-    (repo / "params.yaml").write_text(json.dumps({**params, "seed": 2}))
+    params["prepare"]["seed"] = 2
+    (repo / "params.yaml").write_text(json.dumps(params))
     (repo / "data" / "metrics.json").write_text(json.dumps({"roc_auc": 0.95}))
     monkeypatch.chdir(repo)
     load_params.cache_clear()
@@ -137,4 +140,4 @@ def test_main_writes_the_comment_for_a_real_branch(tmp_path, monkeypatch):
         load_params.cache_clear()
     markdown = (tmp_path / "out" / "comment.md").read_text()
     assert "| roc_auc | 0.9300 | 0.9500 | +0.0200 | ≥ 0.9000 | ✅ |\n" in markdown
-    assert "| seed | `1` | `2` |\n" in markdown
+    assert "| prepare.seed | `1` | `2` |\n" in markdown

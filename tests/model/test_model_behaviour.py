@@ -8,10 +8,11 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
+from stages.classification import classification_metrics
 from stages.features import labels, model_inputs
-from stages.metrics import classification_metrics
+from stages.params import parse, read_yaml
+from stages.train import MISSING_CATEGORY
 from tests.support.pipeline import SAMPLE_FLOORS
 
 pytestmark = pytest.mark.slow
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 def trained(trained_pipeline):
     workdir = trained_pipeline.workdir
     model = pickle.loads((workdir / "data" / "model" / "model.pkl").read_bytes())
-    features = yaml.safe_load((workdir / "params.yaml").read_text())["features"]
+    features = parse(read_yaml((workdir / "params.yaml").read_text(), "params.yaml")).features
     test = pd.read_parquet(trained_pipeline.test_split)
     return model, features, test
 
@@ -32,7 +33,9 @@ def probability(model, inputs: pd.DataFrame) -> np.ndarray:
 
 def test_the_model_clears_the_floors_on_its_test_split(trained, trained_pipeline):
     model, features, test = trained
-    scores = classification_metrics(labels(test, features), probability(model, model_inputs(test, features)))
+    scores = classification_metrics(
+        labels(test, features), probability(model, model_inputs(test, features)), features.decision_threshold
+    )
     assert all(scores[name] >= floor for name, floor in SAMPLE_FLOORS.items()), scores
     recorded = json.loads((trained_pipeline.workdir / "data" / "metrics.json").read_text())
     assert scores == recorded, "evaluate must report what the model actually scores"
@@ -62,11 +65,30 @@ def test_predictions_do_not_depend_on_row_order_or_batching(trained):
     assert np.allclose(one_by_one, together[:20])
 
 
-def test_missing_and_unseen_categories_still_give_a_probability(trained):
+def test_an_unseen_category_scores_as_an_all_zero_one_hot_block(trained):
+    """OneHotEncoder(handle_unknown="ignore"): a category training never saw sets none of its columns."""
     model, features, test = trained
-    row = model_inputs(test, features).head(1)
-    missing = row.assign(workclass=np.nan, occupation=np.nan)
-    unseen = row.assign(native_country="Atlantis")
-    for variant in (missing, unseen):
-        value = probability(model, variant)[0]
-        assert 0.0 <= value <= 1.0
+    preprocess, classifier = model.named_steps["preprocess"], model.named_steps["classifier"]
+    rows = model_inputs(test, features).dropna().head(20)
+    encoded = preprocess.transform(rows)
+    block = [name.startswith("categorical__native_country_") for name in preprocess.get_feature_names_out()]
+    encoded[:, block] = 0.0
+    expected = classifier.predict_proba(encoded)[:, 1]
+    unseen = probability(model, rows.assign(native_country="Atlantis"))
+    np.testing.assert_allclose(unseen, expected, rtol=0, atol=1e-12)
+    assert not np.allclose(unseen, probability(model, rows)), "the category must have mattered"
+
+
+def test_a_missing_category_scores_as_the_imputer_s_own_category(trained):
+    """Training had missing workclass and occupation values, so the imputer's fill is a learned category:
+    a missing value scores exactly as that category, not as an unknown one."""
+    model, features, test = trained
+    encoder = model.named_steps["preprocess"].named_transformers_["categorical"].named_steps["encode"]
+    for name in ("workclass", "occupation"):
+        index = list(features.categorical).index(name)
+        assert MISSING_CATEGORY in encoder.categories_[index].tolist(), name
+    rows = model_inputs(test, features).dropna().head(20)
+    missing = probability(model, rows.assign(workclass=np.nan, occupation=np.nan))
+    filled = probability(model, rows.assign(workclass=MISSING_CATEGORY, occupation=MISSING_CATEGORY))
+    np.testing.assert_allclose(missing, filled, rtol=0, atol=1e-12)
+    assert ((missing > 0.0) & (missing < 1.0)).all()

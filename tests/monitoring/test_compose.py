@@ -39,7 +39,7 @@ def test_compose_file_matches_the_compose_spec():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_issue_s_services_are_there():
+def test_the_whole_stack_is_declared():
     assert set(SERVICES) >= {
         "api", "mlflow", "postgres", "prometheus", "alertmanager", "grafana", "cadvisor", "trainer",
     }  # fmt: skip

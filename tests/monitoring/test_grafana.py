@@ -99,7 +99,7 @@ def test_dashboards_use_only_recording_rules_that_exist():
     assert used - recorded == set()
 
 
-def test_the_service_dashboard_shows_what_the_issue_lists():
+def test_the_service_dashboard_shows_traffic_latency_errors_and_the_model():
     (service,) = [board for board in dashboards().values() if "Service" in board["title"]]
     exprs = " ".join(target["expr"] for panel in panels(service) for target in panel.get("targets", []))
     for needle in [

@@ -54,7 +54,7 @@ def test_every_alert_is_unit_tested_both_firing_and_quiet():
     assert (firing | quiet) - alerts == set(), "tests of alerts that do not exist"
 
 
-def test_the_issue_s_alerts_exist():
+def test_every_documented_alert_exists():
     alerts = {rule["alert"] for rule in alerting_rules()}
     assert alerts >= {
         "ApiDown",

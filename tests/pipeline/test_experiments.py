@@ -82,7 +82,7 @@ def test_the_pipeline_logs_to_a_tracking_server_with_proxied_artifacts(mlflow_tr
     workdir = copy_repository(tmp_path / "repo")
     set_params(workdir, sample_params(), commit=True)
     run(workdir, mlflow_tracking_server.url, "dvc", "repro")
-    run(workdir, mlflow_tracking_server.url, "python", "-m", "stages.promote", "--first")
+    run(workdir, mlflow_tracking_server.url, "python", "-m", "stages.registry", "promote", "--first")
 
     client = mlflow.MlflowClient(tracking_uri=mlflow_tracking_server.url)
     version = client.get_model_version_by_alias("adult-income", "production")

@@ -11,17 +11,21 @@ import mlflow
 import pandas as pd
 import pytest
 
+from stages.params import Quality
 from stages.register import Incumbent, decide
 from tests.support.pipeline import copy_repository, run, sample_params, set_params
 
 pytestmark = pytest.mark.slow
 
-QUALITY = {
-    "primary_metric": "roc_auc",
-    "promotion_margin": 0.0,
-    "floors": {"roc_auc": 0.9, "accuracy": 0.8, "log_loss": 0.35},
-    "tolerances": {"roc_auc": {"direction": "higher"}, "log_loss": {"direction": "lower"}},
-}
+QUALITY = Quality(
+    primary_metric="roc_auc",
+    promotion_margin=0.0,
+    metrics={
+        "roc_auc": {"direction": "higher", "floor": 0.9},
+        "accuracy": {"floor": 0.8},
+        "log_loss": {"direction": "lower", "floor": 0.35},
+    },
+)
 GOOD = {"roc_auc": 0.93, "accuracy": 0.86, "log_loss": 0.3}
 
 
@@ -31,7 +35,9 @@ def test_decide_needs_every_floor_and_a_win_over_every_incumbent():
     tie = decide(GOOD, QUALITY, [Incumbent("production", "1", 0.93)])
     assert not tie.staging, "a tie is not a win"
     assert "FAIL does not beat production v1 on roc_auc: 0.930000 vs 0.930000 (margin 0.0)" in tie.reasons
-    within = decide(GOOD, {**QUALITY, "promotion_margin": 0.02}, [Incumbent("production", "1", 0.92)])
+    within = decide(
+        GOOD, QUALITY.model_copy(update={"promotion_margin": 0.02}), [Incumbent("production", "1", 0.92)]
+    )
     assert not within.staging, "within the margin"
     better_staging = [Incumbent("production", "1", 0.90), Incumbent("staging", "3", 0.94)]
     assert not decide(GOOD, QUALITY, better_staging).staging, "a worse model must not displace staging"
@@ -76,7 +82,8 @@ def test_a_worse_model_is_registered_but_never_staged(registry_copy):
     workdir, uri, client = registry_copy
     set_params(workdir, {"train.candidates": ["xgboost"], "train.xgboost.n_estimators": 2,
                          "train.xgboost.max_depth": 1,
-                         "quality.floors": {"roc_auc": 0.5}})  # fmt: skip
+                         "quality.metrics.roc_auc.floor": 0.5, "quality.metrics.pr_auc.floor": None,
+                         "quality.metrics.accuracy.floor": None})  # fmt: skip
     run(workdir, uri, "dvc", "repro")
 
     versions = {str(v.version): v for v in client.search_model_versions("name = 'adult-income'")}
@@ -90,7 +97,7 @@ def test_a_worse_model_is_registered_but_never_staged(registry_copy):
         ("production", "1")
     ]
 
-    refused = run(workdir, uri, "python", "-m", "stages.promote", check=False)
+    refused = run(workdir, uri, "python", "-m", "stages.registry", "promote", check=False)
     assert refused.returncode != 0 and "has no 'staging' version" in refused.stderr
     assert aliases(client)["production"] == "1"
 
@@ -101,14 +108,14 @@ def test_promote_and_rollback_move_production_with_a_record(registry_copy):
     assert "staging" not in aliases(client)
     client.set_registered_model_alias("adult-income", "staging", "2")  # as if it had won
 
-    promoted = run(workdir, uri, "python", "-m", "stages.promote")
+    promoted = run(workdir, uri, "python", "-m", "stages.registry", "promote")
     assert "production v1 -> v2" in promoted.stdout
     assert aliases(client) == {"production": "2", "development": "2"}
     new, old = client.get_model_version("adult-income", "2"), client.get_model_version("adult-income", "1")
     assert new.tags["replaced_version"] == "1" and new.tags["promoted_by"]
     assert old.tags["status"] == "archived" and old.tags["replaced_by"] == "2"
 
-    rolled = run(workdir, uri, "python", "-m", "stages.promote", "--rollback")
+    rolled = run(workdir, uri, "python", "-m", "stages.registry", "rollback")
     assert "production v2 -> v1" in rolled.stdout
     assert aliases(client)["production"] == "1"
     assert client.get_model_version("adult-income", "2").tags["status"] == "rolled_back"

@@ -67,7 +67,8 @@ def set_params(workdir: Path, overrides: dict[str, Any], commit: bool = False) -
 
 
 def sample_params() -> dict[str, Any]:
-    return {"data.sample_rows": SAMPLE_ROWS, "quality.floors": SAMPLE_FLOORS}
+    floors = {f"quality.metrics.{metric}.floor": floor for metric, floor in SAMPLE_FLOORS.items()}
+    return {"data.sample_rows": SAMPLE_ROWS, **floors}
 
 
 def run(
@@ -92,6 +93,6 @@ def trained_and_promoted(workdir: Path, tracking_uri: str) -> PipelineRun:
     copy_repository(workdir)
     set_params(workdir, sample_params(), commit=True)
     run(workdir, tracking_uri, "dvc", "repro")
-    run(workdir, tracking_uri, "python", "-m", "stages.promote", "--first")
+    run(workdir, tracking_uri, "python", "-m", "stages.registry", "promote", "--first")
     model_name = yaml.safe_load((workdir / "params.yaml").read_text())["mlflow"]["model_name"]
     return PipelineRun(workdir, tracking_uri, model_name, workdir / "data" / "prepared" / "test.parquet")

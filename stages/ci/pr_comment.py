@@ -1,6 +1,6 @@
 """The pull-request comment: metric diff, params diff and the gate's verdict against main, in markdown.
 
-    python -m stages.pr_comment --output comment.md [--base main]
+    python -m stages.ci.pr_comment --output comment.md [--base main]
 
 It always exits 0 once it has written the comment (even for a failing gate): `make gate` is what fails
 the build, and the comment explains why.
@@ -17,19 +17,11 @@ from typing import Any
 
 import yaml
 
-from stages.config import load_params, path, workspace
-from stages.gate import (
-    Check,
-    GitError,
-    Metrics,
-    Verdict,
-    evaluate,
-    flatten,
-    load_baseline,
-    load_current,
-    read_at_ref,
-    rules_from_params,
-)
+from stages.ci.gate import GitError, load_baseline, load_current, read_at_ref
+from stages.errors import run
+from stages.params import load_params
+from stages.quality import Check, Metrics, Verdict, evaluate, flatten
+from stages.workspace import workspace
 
 TITLE = "## Model quality gate"
 MISSING = "—"
@@ -148,13 +140,13 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params()
     try:
-        baseline = load_baseline(args.base, None, params["paths"]["metrics"])
+        baseline = load_baseline(args.base, None, params.paths.metrics.as_posix())
         base_params_text = read_at_ref(args.base, "params.yaml")
     except GitError as error:
         print(f"pr-comment: {error}", file=sys.stderr)
         return 2
-    current = load_current(path("metrics"))
-    verdict = evaluate(current, baseline, rules_from_params(params["quality"]), args.base)
+    current = load_current(workspace() / params.paths.metrics)
+    verdict = evaluate(current, baseline, params.quality.metrics, args.base)
     base_params = None if base_params_text is None else flatten(yaml.safe_load(base_params_text) or {})
     here_params = flatten(yaml.safe_load((workspace() / "params.yaml").read_text()) or {})
     markdown = render(verdict, current, baseline, here_params, base_params, base_label=args.base)
@@ -168,4 +160,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main, "pr-comment")

@@ -1,7 +1,7 @@
 """Copy a registered model out of the registry, to bake it into the api image.
 
-    python -m stages.export_model --output DIR                    # staging if set, else production
-    python -m stages.export_model --alias production --output DIR
+    python -m stages.ci.export_model --output DIR                    # staging if set, else production
+    python -m stages.ci.export_model --alias production --output DIR
 
 By default it takes the model that is Production once this commit is deployed: the staging version
 that cd.yml is about to promote, or the current Production when nothing is staged. An image built
@@ -16,7 +16,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from stages.config import load_params
+from stages.errors import run
+from stages.params import load_params
+from stages.registry import open_registry
 from stages.tracking import tracking_uri
 
 
@@ -24,17 +26,9 @@ def export(model_name: str, aliases: list[str], output: Path) -> tuple[str, str]
     """Download the version behind the first alias that is set into `output` (replacing it).
     Returns (alias, version)."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
-    for alias in aliases:
-        try:
-            version = str(client.get_model_version_by_alias(model_name, alias).version)
-            break
-        except MlflowException:
-            continue
-    else:
-        raise SystemExit(f"export-model: {model_name} has none of the aliases {', '.join(aliases)}")
+    alias, found = open_registry(model_name=model_name).first_of(aliases)
+    version = str(found.version)
     if output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True)
@@ -44,8 +38,8 @@ def export(model_name: str, aliases: list[str], output: Path) -> tuple[str, str]
     return alias, version
 
 
-def main(argv: list[str] | None = None) -> int:
-    names = load_params()["mlflow"]
+def main(argv: list[str] | None = None) -> None:
+    names = load_params().mlflow
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -56,15 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, required=True, help="directory to write the MLflow model into")
     args = parser.parse_args(argv)
-    aliases = args.alias or [names["aliases"]["staging"], names["aliases"]["production"]]
-    alias, version = export(names["model_name"], aliases, args.output)
+    aliases = args.alias or [names.aliases.staging, names.aliases.production]
+    alias, version = export(names.model_name, aliases, args.output)
     print(
-        f"export-model: {names['model_name']}@{alias} is v{version}, written to {args.output}",
-        file=sys.stderr,
+        f"export-model: {names.model_name}@{alias} is v{version}, written to {args.output}", file=sys.stderr
     )
     print(version)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main, "export-model")

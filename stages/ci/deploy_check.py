@@ -1,7 +1,7 @@
 """After a deploy: is the service at DEPLOY_URL ready, and does it serve the model it should?
 
-    python -m stages.deploy_check --url https://api.example.com                 # expects registry's production
-    python -m stages.deploy_check --url http://127.0.0.1:8000 --expect-version 7
+    python -m stages.ci.deploy_check --url https://api.example.com                 # expects registry's production
+    python -m stages.ci.deploy_check --url http://127.0.0.1:8000 --expect-version 7
 
 It polls `/ready` until it answers 200, then `/model` until it reports the expected name and version
 (the service picks up a moved alias on its next reload, so the first answers may still name the old one).
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stages.config import load_params
+from stages.errors import run
+from stages.registry import open_registry
 
 
 @dataclass(frozen=True)
@@ -90,16 +90,6 @@ def verify(
         sleep(interval)
 
 
-def registry_version(model_name: str, alias: str) -> Expected:
-    """The version the registry's alias names now, in the store MLFLOW_TRACKING_URI (or the default) names."""
-    from mlflow import MlflowClient
-
-    from stages.tracking import tracking_uri
-
-    version = MlflowClient(tracking_uri=tracking_uri()).get_model_version_by_alias(model_name, alias)
-    return Expected(name=model_name, version=str(version.version))
-
-
 def service_arguments(description: str | None) -> argparse.ArgumentParser:
     """The options every command that verifies a deployment takes: where it is and how long to wait."""
     parser = argparse.ArgumentParser(
@@ -122,11 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.url:
         parser.error("give --url or set DEPLOY_URL")
 
-    mlflow_params = load_params()["mlflow"]
+    registry = open_registry()
     if args.expect_version:
-        expected = Expected(name=mlflow_params["model_name"], version=str(args.expect_version))
+        expected = Expected(name=registry.model_name, version=str(args.expect_version))
     else:
-        expected = registry_version(mlflow_params["model_name"], mlflow_params["aliases"]["production"])
+        production = registry.production()
+        if production is None:
+            print(f"deploy-check: {registry.model_name} has no production version", flush=True)
+            return 1
+        expected = Expected(name=registry.model_name, version=str(production.version))
     print(f"deploy-check: expecting {expected.name} v{expected.version} at {args.url}", flush=True)
     outcome = verify(args.url, expected, timeout=args.timeout, interval=args.interval)
     print(f"deploy-check: {'ok' if outcome.ok else 'FAILED'}: {outcome.message}", flush=True)
@@ -134,4 +128,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main, "deploy-check")

@@ -1,6 +1,6 @@
 """`make deploy`, what cd.yml runs: promote, roll out, verify, and roll back when the check fails.
 
-1. Move the registry's production alias to the staging version (`python -m stages.promote`), when
+1. Move the registry's production alias to the staging version (stages.registry.promote, in process), when
    there is one: a commit whose model did not beat production leaves no staging version, and ships its
    image with production's model unchanged. The running service polls the alias and hot-reloads the
    model; no restart is needed for a new model.
@@ -8,7 +8,7 @@
    bearer token) so the platform pulls the new image. Most hosts offer such a deploy hook; a host
    without one can run a small receiver, or leave it unset and ship models only.
 3. Verify DEPLOY_URL: /ready answers 200 and /model names the new production version (deploy_check).
-4. On failure: move the alias back (`python -m stages.promote --rollback`) if this run moved it,
+4. On failure: move the alias back (stages.registry.rollback) if this run moved it,
    re-post the previous image if one is known, verify that the old version serves again, and fail.
 """
 
@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from stages.config import load_params
-from stages.deploy_check import Expected, Outcome, registry_version, service_arguments, verify
+from stages.ci.deploy_check import Expected, Outcome, service_arguments, verify
+from stages.errors import StageError, run
+from stages.registry import Registry, open_registry, promote, rollback
 
 
 @dataclass(frozen=True)
@@ -87,11 +86,12 @@ def post_hook(hook_url: str, token: str | None, image: str, model: Expected) -> 
         print(f"deploy: rollout of {image} accepted ({response.status})", flush=True)
 
 
-def _promote(*flags: str) -> Callable[[], None]:
-    def run() -> None:
-        subprocess.run([sys.executable, "-m", "stages.promote", *flags], check=True)
+def at_alias(registry: Registry, alias: str) -> Callable[[], Expected | None]:
+    def lookup() -> Expected | None:
+        version = registry.at(alias)
+        return None if version is None else Expected(registry.model_name, str(version.version))
 
-    return run
+    return lookup
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,35 +106,23 @@ def main(argv: list[str] | None = None) -> int:
     if not args.url:
         parser.error("give --url or set DEPLOY_URL: the running service to verify")
 
-    mlflow_params = load_params()["mlflow"]
-    name, aliases = mlflow_params["model_name"], mlflow_params["aliases"]
-
-    def at_alias(alias: str) -> Callable[[], Expected | None]:
-        def lookup() -> Expected | None:
-            from mlflow.exceptions import MlflowException
-
-            try:
-                return registry_version(name, alias)
-            except MlflowException:  # no such alias (or model) yet
-                return None
-
-        return lookup
-
+    registry = open_registry()
+    aliases = registry.aliases
     hook_url, token = os.environ.get("DEPLOY_HOOK_URL"), os.environ.get("DEPLOY_TOKEN")
     steps = Steps(
-        production=at_alias(aliases["production"]),
-        staging=at_alias(aliases["staging"]),
-        promote=_promote(),
-        rollback=_promote("--rollback"),
+        production=at_alias(registry, aliases.production),
+        staging=at_alias(registry, aliases.staging),
+        promote=lambda: print(f"deploy: {promote(registry)}", flush=True),
+        rollback=lambda: print(f"deploy: {rollback(registry)}", flush=True),
         rollout=(lambda image, model: post_hook(hook_url, token, image, model)) if hook_url else None,
         verify=lambda expected: verify(args.url, expected, timeout=args.timeout, interval=args.interval),
     )
     try:
         return 0 if deploy(steps, args.image, args.previous_image) else 1
-    except subprocess.CalledProcessError as error:
-        print(f"deploy: {' '.join(error.cmd[1:])} failed with exit code {error.returncode}", flush=True)
+    except StageError as error:
+        print(f"deploy: {error}", flush=True)
         return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main, "deploy")

@@ -1,15 +1,19 @@
-"""The classification metrics every stage reports, computed one way."""
+"""The classification metrics every stage reports, and the decision rule they score, each written once."""
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn import metrics
 
-DECISION_THRESHOLD = 0.5
+
+def predicted_positive(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """The positive label where P(positive) is above the threshold: the classifiers' own `predict` rule
+    at 0.5, and the rule the service applies with the threshold the model carries."""
+    return np.asarray(probability > threshold)
 
 
-def classification_metrics(y_true: np.ndarray, probability: np.ndarray) -> dict[str, float]:
-    predicted = (probability >= DECISION_THRESHOLD).astype(int)
+def classification_metrics(y_true: np.ndarray, probability: np.ndarray, threshold: float) -> dict[str, float]:
+    predicted = predicted_positive(probability, threshold).astype(int)
     scores = {
         "roc_auc": metrics.roc_auc_score(y_true, probability),
         "pr_auc": metrics.average_precision_score(y_true, probability),

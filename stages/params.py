@@ -1,0 +1,314 @@
+"""params.yaml as typed models, read once per process.
+
+Every block of params.yaml has a model here, and every model forbids unknown keys: a typo or a wrong type
+is one error at the start of a stage that names the key (`features.numeric.age.mx: unknown key`), not a
+KeyError half-way through a run. The checks that tie blocks together (the positive label is one of the
+labels, the primary metric has a rule) live here too, so that each is written once.
+
+    python -m stages.params mlflow.model_name      # prints one value (the Makefile reads names this way)
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
+
+from stages.errors import StageError, run
+from stages.workspace import workspace
+
+PARAMS_FILE = "params.yaml"
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+OpenFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class ParamsError(StageError, ValueError):
+    """params.yaml cannot be read or does not describe a valid pipeline."""
+
+
+class Block(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(Block):
+    prepared: Path
+    model: Path
+    validation: Path
+    candidates: Path
+    metrics: Path
+    slices: Path
+    registry_report: Path
+    training_run: Path
+    plots: Path
+    predictions: Path
+    registered: Path
+
+
+class Data(Block):
+    source: str
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    index_column: int | None = None
+    missing_markers: list[str] = []
+    drop_columns: list[str] = []
+    sample_rows: Annotated[int, Field(gt=0)] | None = None
+
+
+class NumericFeature(Block):
+    dtype: Literal["int64", "float64"]
+    min: float
+    max: float
+    max_missing: Fraction = 0.0
+
+    @model_validator(mode="after")
+    def _range(self) -> NumericFeature:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        if self.max_missing > 0 and self.dtype == "int64":
+            raise ValueError("an int64 column cannot hold missing values: use dtype float64")
+        return self
+
+
+class CategoricalFeature(Block):
+    categories: Annotated[list[str], Field(min_length=1)]
+    max_missing: Fraction = 0.0
+
+
+class Features(Block):
+    target: str
+    positive_label: str
+    labels: Annotated[list[str], Field(min_length=2, max_length=2)]
+    # P(positive) above this is the positive label: the classifiers' own `predict` rule at 0.5.
+    decision_threshold: OpenFraction = 0.5
+    numeric: dict[str, NumericFeature] = {}
+    categorical: dict[str, CategoricalFeature] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Features:
+        if len(set(self.labels)) != 2:
+            raise ValueError(f"labels {self.labels} must be two different values")
+        if self.positive_label not in self.labels:
+            raise ValueError(f"positive_label {self.positive_label!r} is not one of the labels {self.labels}")
+        both = sorted(set(self.numeric) & set(self.categorical))
+        if both:
+            raise ValueError(f"{both} are declared both numeric and categorical")
+        if self.target in self.numeric or self.target in self.categorical:
+            raise ValueError(f"the target {self.target!r} is also declared as a feature")
+        if not self.numeric and not self.categorical:
+            raise ValueError("no feature is declared")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """Every model input, numeric first, in declaration order: the model's column order."""
+        return [*self.numeric, *self.categorical]
+
+    @property
+    def negative_label(self) -> str:
+        return next(label for label in self.labels if label != self.positive_label)
+
+
+class Prepare(Block):
+    seed: int
+    val_fraction: OpenFraction
+    test_fraction: OpenFraction
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> Prepare:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction leaves no rows for training")
+        return self
+
+
+class Band(Block):
+    min: Fraction
+    max: Fraction
+
+
+class Validate(Block):
+    min_rows: dict[Split, Annotated[int, Field(ge=1)]]
+    positive_fraction: Band
+
+    @model_validator(mode="after")
+    def _every_split(self) -> Validate:
+        missing = [split for split in SPLITS if split not in self.min_rows]
+        if missing:
+            raise ValueError(f"min_rows has no floor for {missing}")
+        return self
+
+
+class LogregParams(Block):
+    C: Annotated[float, Field(gt=0)] = 1.0
+    max_iter: Annotated[int, Field(gt=0)] = 100
+
+
+class XGBoostParams(Block):
+    n_estimators: Annotated[int, Field(gt=0)]
+    max_depth: Annotated[int, Field(ge=1)]
+    learning_rate: Annotated[float, Field(gt=0)]
+    subsample: Annotated[float, Field(gt=0, le=1)] = 1.0
+    colsample_bytree: Annotated[float, Field(gt=0, le=1)] = 1.0
+    min_child_weight: Annotated[float, Field(ge=0)] = 1.0
+    n_jobs: Annotated[int, Field(ge=1)] = 1
+
+
+Family = Literal["logreg", "xgboost"]
+
+
+class Train(Block):
+    seed: int
+    candidates: Annotated[list[Family], Field(min_length=1)]
+    selection_metric: str
+    logreg: LogregParams = LogregParams()
+    xgboost: XGBoostParams | None = None
+
+    @model_validator(mode="after")
+    def _settings_for_every_candidate(self) -> Train:
+        if "xgboost" in self.candidates and self.xgboost is None:
+            raise ValueError("xgboost is a candidate but train.xgboost is not set")
+        return self
+
+    def settings(self, family: Family) -> dict[str, Any]:
+        """The estimator's keyword arguments for a family, as written in params.yaml."""
+        block = self.xgboost if family == "xgboost" else self.logreg
+        assert block is not None  # the validator above
+        return block.model_dump()
+
+
+class Evaluate(Block):
+    slices: list[str] = []
+    calibration_bins: Annotated[int, Field(ge=2)] = 10
+
+
+class Aliases(Block):
+    development: str
+    staging: str
+    production: str
+
+
+class Mlflow(Block):
+    experiment: str
+    model_name: str
+    aliases: Aliases
+
+
+class MetricRule(Block):
+    """One metric's rule, one record: which way is better, an absolute floor (a ceiling when lower is
+    better), and how far it may move the wrong way against main before the CI gate fails."""
+
+    direction: Literal["higher", "lower"] = "higher"
+    floor: float | None = None
+    tolerance: Annotated[float, Field(ge=0)] | None = None
+
+
+class Quality(Block):
+    primary_metric: str
+    promotion_margin: Annotated[float, Field(ge=0)] = 0.0
+    metrics: dict[str, MetricRule]
+
+    @model_validator(mode="after")
+    def _primary_has_a_rule(self) -> Quality:
+        if self.primary_metric not in self.metrics:
+            raise ValueError(f"primary_metric {self.primary_metric!r} has no record under quality.metrics")
+        return self
+
+
+class Params(Block):
+    paths: Paths
+    data: Data
+    features: Features
+    prepare: Prepare
+    # `validate` is also a (deprecated) BaseModel method: the block is read under its YAML name.
+    validation: Validate = Field(alias="validate")
+    train: Train
+    evaluate: Evaluate
+    mlflow: Mlflow
+    quality: Quality
+
+    @model_validator(mode="after")
+    def _columns_exist(self) -> Params:
+        unknown = [name for name in self.evaluate.slices if name not in self.features.names]
+        if unknown:
+            raise ValueError(f"evaluate.slices names {unknown}, which are not features")
+        return self
+
+
+def _location(error: ErrorDetails) -> str:
+    return ".".join(str(part) for part in error["loc"]) or "(top level)"
+
+
+def describe(error: ValidationError, source: str) -> str:
+    """pydantic's errors as one line per key: `params.yaml: features.labels: ...`."""
+    lines = []
+    for item in error.errors(include_url=False):
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"{source}: {_location(item)}: {message}")
+    return "\n".join(lines)
+
+
+def parse(raw: Any, source: str = PARAMS_FILE) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(describe(error, source)) from None
+
+
+def parse_quality(raw: Any, source: str) -> Quality:
+    """Only the `quality` block, as a committed params.yaml holds it (register's bar inside experiments)."""
+    try:
+        return Quality.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(describe(error, f"{source} quality")) from None
+
+
+def read_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{source} is not valid YAML: {error}") from None
+
+
+@cache
+def load_params() -> Params:
+    """The workspace's params.yaml, validated; cached, so a stage reads it once."""
+    file = workspace() / PARAMS_FILE
+    try:
+        text = file.read_text()
+    except OSError as error:
+        raise ParamsError(f"cannot read {file}: {error}") from None
+    return parse(read_yaml(text, PARAMS_FILE))
+
+
+def lookup(dotted: str) -> Any:
+    """One value by its dotted name, e.g. `mlflow.aliases.production`."""
+    node: Any = load_params().model_dump(mode="json", by_alias=True)
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ParamsError(f"{PARAMS_FILE} has no {dotted}")
+        node = node[part]
+    return node
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = sys.argv[1:] if argv is None else argv
+    if len(names) != 1:
+        print("usage: python -m stages.params <dotted.name>", file=sys.stderr)
+        return 2
+    try:
+        value = lookup(names[0])
+    except ParamsError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip())
+    return 0
+
+
+if __name__ == "__main__":
+    run(main, "params")

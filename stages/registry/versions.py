@@ -1,0 +1,74 @@
+"""A registered model, its aliases and its version tags, behind one small class."""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from stages.errors import StageError
+from stages.params import Aliases, load_params
+from stages.tracking import tracking_uri
+
+
+class RegistryError(StageError):
+    """A registry operation that cannot go ahead; the message says why."""
+
+
+@dataclass(frozen=True)
+class Registry:
+    client: MlflowClient
+    model_name: str
+    aliases: Aliases
+
+    def at(self, alias: str) -> ModelVersion | None:
+        """The version behind an alias, or None when the alias (or the model) does not exist yet."""
+        try:
+            return self.client.get_model_version_by_alias(self.model_name, alias)
+        except MlflowException:
+            return None
+
+    def production(self) -> ModelVersion | None:
+        return self.at(self.aliases.production)
+
+    def staging(self) -> ModelVersion | None:
+        return self.at(self.aliases.staging)
+
+    def first_of(self, aliases: list[str]) -> tuple[str, ModelVersion]:
+        """The first of these aliases that is set, and its version."""
+        for alias in aliases:
+            version = self.at(alias)
+            if version is not None:
+                return alias, version
+        raise RegistryError(f"{self.model_name} has none of the aliases {', '.join(aliases)}")
+
+    def move(self, alias: str, version: str | int) -> None:
+        self.client.set_registered_model_alias(self.model_name, alias, str(version))
+
+    def clear(self, alias: str) -> None:
+        self.client.delete_registered_model_alias(self.model_name, alias)
+
+    def tag(self, version: str | int, **tags: str) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.model_name, str(version), key, value)
+
+    def untag(self, version: str | int, key: str) -> None:
+        self.client.delete_model_version_tag(self.model_name, str(version), key)
+
+
+def open_registry(uri: str | None = None, model_name: str | None = None) -> Registry:
+    """The project's registered model (params.yaml `mlflow`, or another name) in the store
+    MLFLOW_TRACKING_URI names, or the repository's SQLite default."""
+    names = load_params().mlflow
+    uri = uri or tracking_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return Registry(client, model_name or names.model_name, names.aliases)
+
+
+def stamp() -> dict[str, str]:
+    """When and by whom, for the tags that record a move."""
+    return {"at": datetime.now(UTC).isoformat(timespec="seconds"), "by": getpass.getuser()}
