@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 
 import pytest
 import yaml
@@ -45,10 +46,17 @@ def ignored(path: str) -> bool:
     return False
 
 
-def makefile_variable(name: str) -> str:
-    match = re.search(rf"^{name}\s*:?=\s*(\S+)", (REPO_ROOT / "Makefile").read_text(), re.MULTILINE)
-    assert match, f"the Makefile sets no {name}"
-    return match.group(1)
+def make_variable(name: str) -> str:
+    """A Makefile variable as make itself expands it in this repository."""
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-s", f"--eval=print-{name}: ; @echo $({name})", f"print-{name}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+def required_uv() -> str:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["uv"]["required-version"]
 
 
 def test_the_base_image_is_pinned():
@@ -57,9 +65,32 @@ def test_the_base_image_is_pinned():
     assert tag and tag != "latest" and re.match(r"\d+\.\d+\.\d+", tag), base
 
 
-def test_uv_is_the_makefile_s_version():
-    (arg,) = [args for keyword, args in instructions() if keyword == "ARG" and args.startswith("UV_VERSION=")]
-    assert arg.split("=", 1)[1] == makefile_variable("UV_VERSION")
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, REPO_ROOT / "api" / "Dockerfile"], ids=["stages", "api"])
+def test_uv_s_version_has_one_home_in_pyproject(dockerfile):
+    """The Makefile and both images read `[tool.uv] required-version`; none writes a version of its own."""
+    assert required_uv().startswith("==")
+    assert f"=={make_variable('UV_VERSION')}" == required_uv()
+    (install,) = [args for keyword, args in dockerfile_instructions(dockerfile)
+                  if keyword == "RUN" and "pip install" in args and "uv" in args]  # fmt: skip
+    # The install line, run by a shell in the image's working directory after `COPY pyproject.toml`.
+    command = install.replace("pip install --no-cache-dir", "printf %s")
+    printed = subprocess.run(["sh", "-c", command], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert printed.stdout == f"uv{required_uv()}"
+    for path in (REPO_ROOT / "Makefile", REPO_ROOT / ".ci" / "run", dockerfile):
+        assert required_uv().removeprefix("==") not in path.read_text(), f"{path.name} writes uv's version"
+
+
+def test_the_served_model_is_the_one_params_yaml_names_in_the_makefile_compose_and_the_image():
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["mlflow"]
+    expected = {"MODEL_NAME": params["model_name"], "MODEL_ALIAS": params["aliases"]["production"]}
+    assert {name: make_variable(name) for name in expected} == expected
+    compose = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
+    environment = compose["services"]["api"]["environment"]
+    assert {name: environment[name] for name in expected} == expected
+    image_env = " ".join(args for keyword, args in dockerfile_instructions(REPO_ROOT / "api" / "Dockerfile")
+                         if keyword == "ENV")  # fmt: skip
+    for name, value in expected.items():
+        assert f"{name}={value}" in image_env.split(), f"api/Dockerfile ENV {name}"
 
 
 def test_installs_from_the_lock_file_without_the_dev_group():
@@ -146,7 +177,7 @@ def test_the_image_s_packages_cover_every_import_of_the_stages_and_the_mlflow_se
     assert {"dvc", "mlflow", "psycopg2-binary"} <= installed, "the trainer and the server need these"
 
     modules = set()
-    for path in (REPO_ROOT / "stages").glob("*.py"):
+    for path in (REPO_ROOT / "stages").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 modules |= {alias.name.split(".")[0] for alias in node.names}
