@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pandas as pd
 
-from stages.contract import violations
+from stages.contract import render, violations
 from stages.errors import StageError, run
 from stages.params import SPLITS, load_params
 from stages.workspace import output, workspace
@@ -23,15 +22,6 @@ def read_split(name: str) -> pd.DataFrame:
         return pd.read_parquet(file)
     except (OSError, ValueError) as error:
         raise StageError(f"cannot read {file}: {error}") from None
-
-
-def render(found: list[dict[str, Any]]) -> str:
-    lines = [f"{len(found)} check(s) failed:"]
-    for item in found:
-        where = f"column '{item['column']}'" if item["column"] else "table"
-        examples = f" e.g. {', '.join(item['examples'])}" if item["examples"] else ""
-        lines.append(f"  - [{item['split']}] {item['check']} on {where}: {item['count']} failing{examples}")
-    return "\n".join(lines)
 
 
 def main() -> None:

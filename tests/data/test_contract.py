@@ -165,3 +165,59 @@ def test_prepare_refuses_a_source_whose_hash_changed(workspace):
     )
     assert result.returncode != 0
     assert "params.yaml data.sha256 expects 0000" in result.stderr
+
+
+def failed_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("  - ")]
+
+
+@pytest.fixture
+def with_missing_ages(workspace):
+    """Missing ages turn the int64 column into floats: pandera then fails its dtype, nullability and
+    missing-fraction checks at once."""
+    for split in ("train", "val"):
+        corrupt(workspace, split, lambda frame: frame.assign(age=frame["age"].where(frame.index % 10 != 0)))
+    return workspace
+
+
+def test_an_integer_column_with_missing_values_is_one_message_per_split_with_the_fix(with_missing_ages):
+    lines = failed_lines(validate(with_missing_ages))
+    about_age = [line for line in lines if "'age'" in line]
+    assert len(about_age) == 2, lines
+    for split, line in zip(("train", "val"), about_age, strict=True):
+        assert line.startswith(f"  - [{split}] integer_with_missing_values on column 'age'")
+        assert "0.1 observed, 0 allowed" in line
+        assert "features.numeric.age with dtype: float64 and a max_missing" in line
+
+
+def test_too_many_missing_values_give_the_observed_and_the_allowed_fraction_and_the_key_to_raise(workspace):
+    def every_fourth_missing(frame: pd.DataFrame) -> pd.DataFrame:
+        known = frame["occupation"].fillna("Sales")
+        return frame.assign(occupation=known.where(frame.index % 4 != 0, None)).iloc[:400]
+
+    corrupt(workspace, "val", every_fourth_missing)
+    (line,) = [line for line in failed_lines(validate(workspace)) if "'occupation'" in line]
+    assert "[val] missing_fraction<=0.08 on column 'occupation'" in line
+    assert "0.25 observed, 0.08 allowed" in line
+    assert "Raise features.categorical.occupation.max_missing, or clean the data" in line
+
+
+def test_a_row_count_floor_gives_the_observed_count(workspace):
+    corrupt(workspace, "test", lambda frame: frame.iloc[:150])
+    (line,) = failed_lines(validate(workspace))
+    assert line.startswith("  - [test] row_count>=200 on table")
+    assert "150 observed, >= 200 allowed" in line and "validate.min_rows.test" in line
+
+
+def test_a_class_balance_bound_gives_the_observed_fraction(workspace):
+    corrupt(workspace, "val", lambda frame: frame.assign(income=">50K"))
+    (line,) = [line for line in failed_lines(validate(workspace)) if "positive_fraction" in line]
+    assert line.startswith("  - [val] positive_fraction_in[0.1,0.5] on table")
+    assert "1 observed, 0.1…0.5 allowed" in line
+
+
+def test_an_out_of_range_value_gives_the_observed_and_the_allowed_range(workspace):
+    corrupt(workspace, "test", lambda frame: frame.assign(age=frame["age"].where(frame.index != 3, 150)))
+    (line,) = failed_lines(validate(workspace))
+    assert "[test] in_range(17, 90) on column 'age'" in line
+    assert "…150 observed, 17…90 allowed" in line and "features.numeric.age" in line
