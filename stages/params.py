@@ -10,13 +10,22 @@ labels, the primary metric has a rule) live here too, so that each is written on
 
 from __future__ import annotations
 
+import json
 import sys
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from stages.errors import StageError, run
@@ -39,6 +48,7 @@ class Block(BaseModel):
 
 
 class Paths(Block):
+    raw: Path
     prepared: Path
     model: Path
     validation: Path
@@ -52,11 +62,28 @@ class Paths(Block):
     registered: Path
 
 
+class Read(Block):
+    """How prepare reads a delimited file (a .parquet file carries its own types and names)."""
+
+    delimiter: Annotated[str, Field(min_length=1)] = ","
+    header: bool = True
+    index_column: int | None = None
+    # Column names for a file without a header; empty: column_1 ... column_N.
+    names: list[str] = []
+    # Only these mean missing (and an empty field); pandas' own list ("NA", "n/a", "null", ...) is off.
+    missing_markers: list[str] = []
+
+    @model_validator(mode="after")
+    def _names_need_no_header(self) -> Read:
+        if self.names and self.header:
+            raise ValueError("names are for a file without a header: set header: false")
+        return self
+
+
 class Data(Block):
     source: str
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    index_column: int | None = None
-    missing_markers: list[str] = []
+    read: Read = Read()
     drop_columns: list[str] = []
     sample_rows: Annotated[int, Field(gt=0)] | None = None
 
@@ -81,10 +108,15 @@ class CategoricalFeature(Block):
     max_missing: Fraction = 0.0
 
 
+# A label in the target's own type: text, a whole number (0/1, 1/2) or a boolean. StrictBool first, so
+# that `true` stays a boolean and `1` an integer.
+Label = StrictBool | StrictInt | StrictStr
+
+
 class Features(Block):
     target: str
-    positive_label: str
-    labels: Annotated[list[str], Field(min_length=2, max_length=2)]
+    positive_label: Label
+    labels: Annotated[list[Label], Field(min_length=2, max_length=2)]
     # P(positive) above this is the positive label: the classifiers' own `predict` rule at 0.5.
     decision_threshold: OpenFraction = 0.5
     numeric: dict[str, NumericFeature] = {}
@@ -92,9 +124,9 @@ class Features(Block):
 
     @model_validator(mode="after")
     def _consistent(self) -> Features:
-        if len(set(self.labels)) != 2:
-            raise ValueError(f"labels {self.labels} must be two different values")
-        if self.positive_label not in self.labels:
+        if len({type(label) for label in self.labels}) != 1 or len(set(self.labels)) != 2:
+            raise ValueError(f"labels {self.labels} must be two different values of one type")
+        if type(self.positive_label) is not type(self.labels[0]) or self.positive_label not in self.labels:
             raise ValueError(f"positive_label {self.positive_label!r} is not one of the labels {self.labels}")
         both = sorted(set(self.numeric) & set(self.categorical))
         if both:
@@ -111,7 +143,7 @@ class Features(Block):
         return [*self.numeric, *self.categorical]
 
     @property
-    def negative_label(self) -> str:
+    def negative_label(self) -> Label:
         return next(label for label in self.labels if label != self.positive_label)
 
 
@@ -269,9 +301,12 @@ def parse_quality(raw: Any, source: str) -> Quality:
 
 
 def read_yaml(text: str, source: str) -> Any:
+    """YAML 1.2, as DVC reads params.yaml (ruamel): `yes` is a string here as it is there."""
+    from ruamel.yaml import YAML, YAMLError
+
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
+        return YAML(typ="safe", pure=True).load(text)
+    except YAMLError as error:
         raise ParamsError(f"{source} is not valid YAML: {error}") from None
 
 
@@ -306,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as error:
         print(error, file=sys.stderr)
         return 1
-    print(value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip())
+    print(value if isinstance(value, str) else json.dumps(value))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import keyword
 import re
 from pathlib import Path
 
@@ -11,19 +12,38 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from stages.errors import StageError, run
-from stages.params import load_params
+from stages.params import Read, load_params
 from stages.workspace import output, workspace
 
 PACKAGE_PREFIX = "package:"
 
 
-def resolve_source(source: str) -> Path:
-    """`package:<dist>/<file>` names a file inside an installed wheel; anything else is repo-relative."""
+def resolve_source(source: str, raw_folder: Path) -> Path:
+    """`package:<dist>/<file>` names a file inside an installed wheel; anything else is a file under
+    paths.raw, the folder prepare depends on in dvc.yaml (so that editing the file re-runs it)."""
     if source.startswith(PACKAGE_PREFIX):
         inner = source.removeprefix(PACKAGE_PREFIX)
         distribution = inner.split("/", 1)[0]
-        return Path(str(importlib.metadata.distribution(distribution).locate_file(inner)))
-    return workspace() / source
+        try:
+            file = Path(str(importlib.metadata.distribution(distribution).locate_file(inner)))
+        except importlib.metadata.PackageNotFoundError:
+            raise StageError(f"data.source {source}: no installed package {distribution!r}") from None
+        if not file.is_file():
+            raise StageError(f"data.source {source}: the package {distribution!r} has no {inner}")
+        return file
+    file = (workspace() / source).resolve()
+    folder = (workspace() / raw_folder).resolve()
+    if not file.is_relative_to(folder):
+        raise StageError(
+            f"data.source {source} is outside {raw_folder}/, which prepare depends on: move it there "
+            f"(`mv {source} {raw_folder}/`) and point data.source at it, so that editing it re-runs prepare"
+        )
+    if not file.is_file():
+        raise StageError(
+            f"data.source {source} does not exist. Put your file there, or `dvc pull` it if it is tracked "
+            "by DVC, or run `make contract SOURCE=...` to describe another file"
+        )
+    return file
 
 
 def sha256_of(file: Path) -> str:
@@ -34,21 +54,59 @@ def sha256_of(file: Path) -> str:
     return digest.hexdigest()
 
 
-def snake_case(name: str) -> str:
-    return re.sub(r"[^0-9a-zA-Z]+", "_", name.strip()).strip("_").lower()
+def column_name(raw: object) -> str:
+    """A raw column name as a model input's name: snake_case, a Python identifier, not a keyword
+    (`class` -> `class_`), not starting with a digit (`1st` -> `column_1st`). The request schema and
+    params.yaml both need such names."""
+    name = re.sub(r"[^0-9a-zA-Z]+", "_", str(raw).strip()).strip("_").lower() or "column"
+    if name[0].isdigit():
+        name = f"column_{name}"
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        name = f"{name}_"
+    return name
 
 
-def read_raw(file: Path, index_column: int | None, missing_markers: list[str]) -> pd.DataFrame:
-    if file.suffix == ".parquet":
-        frame = pd.read_parquet(file)
-    else:
-        frame = pd.read_csv(file, index_col=index_column, skipinitialspace=True, na_values=missing_markers)
-    frame = frame.rename(columns=snake_case)
+def column_names(raw: list[object]) -> list[str]:
+    names = [column_name(name) for name in raw]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        sources = {name: [str(r) for r, n in zip(raw, names, strict=True) if n == name] for name in clashes}
+        raise StageError(f"columns {sources} become the same name; rename them in the file")
+    return names
+
+
+def read_table(file: Path, read: Read) -> pd.DataFrame:
+    """The file as written, with only `read.missing_markers` (and empty fields) as missing values."""
+    if file.name.endswith(".parquet"):
+        return pd.read_parquet(file)
+    frame = pd.read_csv(
+        file,
+        sep=read.delimiter,
+        header=0 if read.header else None,
+        names=read.names or None,
+        index_col=read.index_column,
+        skipinitialspace=True,
+        na_values=[*read.missing_markers, ""],
+        keep_default_na=False,  # "NA", "n/a", "null" ... are values unless listed as markers
+    )
+    if not read.header and not read.names:
+        frame.columns = [f"column_{position + 1}" for position in range(frame.shape[1])]
+    return frame
+
+
+def normalise(frame: pd.DataFrame, read: Read) -> pd.DataFrame:
+    """Column names made identifiers, strings stripped, markers made missing."""
+    frame = frame.copy()
+    frame.columns = column_names(list(frame.columns))
     for column in frame.columns:
         if not pd.api.types.is_numeric_dtype(frame[column]):
             values = frame[column].astype("string").str.strip()
-            frame[column] = values.mask(values.isin(missing_markers) | (values == ""))
+            frame[column] = values.mask(values.isin(read.missing_markers) | (values == ""))
     return frame.reset_index(drop=True)
+
+
+def read_raw(file: Path, read: Read) -> pd.DataFrame:
+    return normalise(read_table(file, read), read)
 
 
 def split(
@@ -74,7 +132,7 @@ def split(
 def main() -> None:
     params = load_params()
     data, prepare = params.data, params.prepare
-    source = resolve_source(data.source)
+    source = resolve_source(data.source, params.paths.raw)
     actual = sha256_of(source)
     if actual != data.sha256:
         raise StageError(
@@ -83,16 +141,23 @@ def main() -> None:
         )
 
     try:
-        frame = read_raw(source, data.index_column, data.missing_markers)
+        frame = read_raw(source, data.read)
     except (OSError, ValueError) as error:  # pandas' EmptyDataError and ParserError are ValueErrors
         raise StageError(f"cannot read {source}: {error}") from None
-    frame = frame.drop(columns=[snake_case(name) for name in data.drop_columns], errors="ignore")
     target = params.features.target
     if target not in frame.columns or frame.empty:
         raise StageError(
             f"{source} has {len(frame)} rows and columns {list(frame.columns)}; it needs rows and "
             f"the target column '{target}' (params.yaml features.target)"
         )
+    dropped = [column_name(name) for name in data.drop_columns]
+    unknown = [name for name in dropped if name not in frame.columns]
+    if unknown:
+        raise StageError(
+            f"data.drop_columns names {unknown}, which {source} does not have; its columns are "
+            f"{list(frame.columns)}"
+        )
+    frame = frame.drop(columns=dropped)
     if data.sample_rows:
         frame, _ = train_test_split(
             frame, train_size=data.sample_rows, stratify=frame[target], random_state=prepare.seed

@@ -23,7 +23,7 @@ from stages.errors import run
 from stages.features import feature_metadata, labels, model_inputs
 from stages.params import Family, Features, load_params
 from stages.tracking import TrainingRun, configure, record_training_run
-from stages.workspace import experiment_name, git_dirty, git_sha, output, workspace
+from stages.workspace import experiment_name, git_dirty, git_sha, output, run_name, workspace
 
 MISSING_CATEGORY = "__missing__"
 SERVING_PACKAGES = ("mlflow", "scikit-learn", "xgboost-cpu", "pandas", "numpy", "cloudpickle")
@@ -77,14 +77,14 @@ def main() -> None:
     threshold, selection = features.decision_threshold, settings.selection_metric
 
     configure()
-    run_name = experiment_name() or f"repro-{git_sha()[:8]}"
+    name = run_name()
     tags = {"dvc_exp_name": experiment_name(), "git_sha": git_sha(), "git_dirty": str(git_dirty()).lower()}
     candidates: dict[str, dict[str, Any]] = {}
     fitted: dict[str, Pipeline] = {}
-    with mlflow.start_run(run_name=run_name, tags=tags) as parent:
+    with mlflow.start_run(run_name=name, tags=tags) as parent:
         for family in settings.candidates:
             family_settings = settings.settings(family)
-            with mlflow.start_run(run_name=f"{run_name}/{family}", nested=True, tags=tags) as child:
+            with mlflow.start_run(run_name=f"{name}/{family}", nested=True, tags=tags) as child:
                 pipeline = build_pipeline(family, features, family_settings, settings.seed)
                 pipeline.fit(x_train, y_train)
                 scores = classification_metrics(y_val, pipeline.predict_proba(x_val)[:, 1], threshold)

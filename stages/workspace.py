@@ -46,10 +46,23 @@ def git_sha() -> str:
     return sha.strip() if sha else os.environ.get("DVC_EXP_BASELINE_REV", "unknown")
 
 
+# What the pipeline itself writes (its outs, metrics, reports, dvc.lock): a difference there says the
+# pipeline ran, not that the code or the params differ from the commit.
+PIPELINE_WRITES = ("data", "dvc.lock")
+
+
 def git_dirty() -> bool:
-    """Whether the code that ran differs from the commit that `git_sha` names."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    """Whether the code or the params that ran differ from the commit that `git_sha` names."""
+    excluded = [f":(exclude){path}" for path in PIPELINE_WRITES]
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
     return bool(status and status.strip())
+
+
+def run_name() -> str:
+    """The MLflow run name: the DVC experiment's name, else `repro-<sha>-<UTC time>`, distinct per run."""
+    from datetime import UTC, datetime
+
+    return experiment_name() or f"repro-{git_sha()[:8]}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
 def experiment_name() -> str:

@@ -4,6 +4,8 @@ one error at the start of a stage that names the key."""
 from __future__ import annotations
 
 import copy
+import difflib
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 import yaml
 
 from stages.params import ParamsError, load_params, parse
+from stages.params_writer import update_params
 from tests.support.processes import REPO_ROOT, subprocess_env
 
 RAW = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
@@ -127,3 +130,52 @@ def test_the_makefile_reads_one_value_by_its_dotted_name(monkeypatch):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{load_params().mlflow.aliases.production}\n"
+
+
+# ---------------------------------------------------------------- the file's style, and its one writer
+
+
+def test_dvc_s_own_writer_leaves_params_yaml_as_it_is(tmp_path):
+    """`dvc exp run -S` writes params.yaml back through DVC's round-trip writer; the file is already in
+    that style, so an unchanged value changes nothing."""
+    from dvc.utils.hydra import apply_overrides
+
+    copy = tmp_path / "params.yaml"
+    shutil.copy(REPO_ROOT / "params.yaml", copy)
+    apply_overrides(copy, [f"prepare.seed={RAW['prepare']['seed']}"])
+    assert copy.read_text() == (REPO_ROOT / "params.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["train.xgboost.max_depth=8", "data.sample_rows=4000", "quality.metrics.roc_auc.floor=0.9",
+     "evaluate.calibration_bins=5", "train.logreg.C=0.5"],
+)  # fmt: skip
+def test_dvc_exp_run_set_param_changes_only_the_line_it_sets(tmp_path, override):
+    from dvc.utils.hydra import apply_overrides
+
+    copy = tmp_path / "params.yaml"
+    shutil.copy(REPO_ROOT / "params.yaml", copy)
+    apply_overrides(copy, [override])
+    before, after = (REPO_ROOT / "params.yaml").read_text().splitlines(), copy.read_text().splitlines()
+    changed = [line for line in difflib.unified_diff(before, after, lineterm="", n=0)
+               if line[:1] in "+-" and not line.startswith(("+++", "---"))]  # fmt: skip
+    assert len(changed) == 2, changed  # one line out, one line in
+    key, value = override.rsplit("=", 1)
+    assert f"{key.rsplit('.', 1)[1]}: {value}" in changed[1]
+
+
+def test_the_writer_replaces_a_block_keeps_every_comment_and_refuses_an_invalid_result(tmp_path):
+    copy = tmp_path / "params.yaml"
+    shutil.copy(REPO_ROOT / "params.yaml", copy)
+    original = copy.read_text()
+    comments = [line.strip() for line in original.splitlines() if line.strip().startswith("#")]
+    update_params(
+        {"mlflow.model_name": "loans", "validate.min_rows": {"train": 10, "val": 5, "test": 5}}, copy
+    )
+    text = copy.read_text()
+    assert "  model_name: loans\n" in text and "  min_rows: {train: 10, val: 5, test: 5}\n" in text
+    assert [line.strip() for line in text.splitlines() if line.strip().startswith("#")] == comments
+    with pytest.raises(ParamsError, match="positive_label"):
+        update_params({"features.positive_label": "maybe"}, copy)
+    assert copy.read_text() == text, "a refused change writes nothing"
