@@ -34,16 +34,16 @@ $(VENV)/.synced: pyproject.toml uv.lock
 venv: $(VENV)/.synced ## create .venv from the lock file
 
 .PHONY: system-deps
-system-deps: ## install the Debian packages the tests run (prometheus, promtool, alertmanager, wrk)
+system-deps: ## install the Debian packages the tests run (prometheus, promtool, alertmanager, wrk, chromium)
 	@missing=""; \
-	for bin in prometheus promtool prometheus-alertmanager amtool wrk; do \
+	for bin in prometheus promtool prometheus-alertmanager amtool wrk chromium; do \
 	  command -v $$bin >/dev/null || missing="$$missing $$bin"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  $$SUDO apt-get update -qq; \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-alertmanager wrk >/dev/null; \
+	    prometheus prometheus-alertmanager wrk chromium >/dev/null; \
 	fi
 
 # ---------------------------------------------------------------- the README contract
@@ -62,6 +62,12 @@ lint: venv ## ruff, format check, mypy and the config linters (pre-commit, local
 	pre-commit run --all-files --show-diff-on-failure
 
 # ---------------------------------------------------------------- pipeline
+.PHONY: contract
+contract: venv ## your data: SOURCE=data/raw/<file> TARGET=<column> POSITIVE=<label> [NAME= SLICES=a,b SEP= HEADER=yes|no] -> params.yaml
+	python -m stages.contract --source "$(SOURCE)" --target "$(TARGET)" --positive "$(POSITIVE)" \
+	  $(if $(NAME),--name "$(NAME)") $(if $(SLICES),--slices "$(SLICES)") $(if $(SEP),--sep "$(SEP)") \
+	  $(if $(HEADER),--header "$(HEADER)")
+
 .PHONY: repro
 repro: venv ## dvc repro (MLflow in mlflow.db unless MLFLOW_TRACKING_URI says otherwise)
 	dvc repro
@@ -75,12 +81,26 @@ rollback: venv ## move `production` back to the version it replaced
 	python -m stages.registry rollback
 
 .PHONY: exp
-exp: venv ## a ready-made sweep: queue XGBoost depths and sizes, run two at a time, show the table
+exp: venv ## a ready-made sweep: queue XGBoost depths and sizes, run two at a time, wait, show the table
 	dvc exp run --queue -S 'train.xgboost.max_depth=4,8' -S 'train.xgboost.n_estimators=150,300'
 	dvc queue start -j 2
-	@while dvc queue status | grep -qE 'Queued|Running'; do sleep 5; done
+	@# The status goes into a variable first: `dvc queue status | grep -q` closes the pipe early, and
+	@# under pipefail dvc's SIGPIPE (exit 141) ended the wait before it began.
+	@while status=$$(dvc queue status); [[ $$status =~ Queued|Running ]]; do sleep 5; done
 	dvc exp show --md --only-changed
-	@! dvc queue status | grep -E ' Failed' || { echo "some experiments failed: dvc queue logs <name>"; exit 1; }
+	@status=$$(dvc queue status); if [[ $$status =~ Failed ]]; then \
+	  echo "$$status"; echo "make exp: some experiments failed: dvc queue logs <name>" >&2; exit 1; fi
+	@echo "make exp: an experiment whose params equal an earlier one's is restored by DVC instead of run,"
+	@echo "          and logs nothing to MLflow; run it again anyway with: dvc exp run --queue -f -S ..."
+
+PLOTS_HTML ?= data/reports/plots
+
+.PHONY: plots
+plots: venv ## dvc plots show into PLOTS_HTML/index.html, with vendored vega (renders offline)
+	rm -rf $(PLOTS_HTML)
+	dvc plots show --html-template stages/plots/template.html -o $(PLOTS_HTML)
+	cp -r stages/plots/vendor $(PLOTS_HTML)/vendor
+	@echo "plots: open $(PLOTS_HTML)/index.html"
 
 .PHONY: serve
 serve: venv ## serve params.yaml's production model on API_HOST:API_PORT (MODEL_NAME, MODEL_ALIAS, MODEL_URI override)
@@ -149,9 +169,11 @@ monitoring-check: ## promtool and amtool: Prometheus config, rules and their uni
 	cd monitoring/prometheus/tests && promtool test rules *.yml
 	amtool check-config monitoring/alertmanager/alertmanager.yml
 
+MLFLOW_UI_PORT ?= 5000
+
 .PHONY: mlflow-ui
-mlflow-ui: venv ## browse the local runs and registry
-	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
+mlflow-ui: venv ## browse the local runs and registry on MLFLOW_UI_PORT (5000)
+	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port $(MLFLOW_UI_PORT)
 
 .PHONY: clean
 clean: ## remove the environment and local MLflow state

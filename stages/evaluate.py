@@ -19,7 +19,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from stages.classification import classification_metrics, predicted_positive
 from stages.errors import run
 from stages.features import labels, model_inputs
-from stages.params import load_params
+from stages.params import Features, load_params
 from stages.tracking import configure, training_run
 from stages.workspace import output, workspace
 
@@ -57,14 +57,16 @@ def plot_data(
     x: pd.DataFrame,
     y: np.ndarray,
     probability: np.ndarray,
-    threshold: float,
+    features: Features,
     bins: int,
     seed: int,
 ) -> dict[str, list[dict[str, Any]]]:
     fpr, tpr, _ = roc_curve(y, probability)
     precision, recall, _ = precision_recall_curve(y, probability)
     fraction_positive, mean_predicted = calibration_curve(y, probability, n_bins=bins, strategy="quantile")
-    predicted = predicted_positive(probability, threshold).astype(int)
+    predicted = predicted_positive(probability, features.decision_threshold).astype(int)
+    # The confusion matrix by label name, not 0/1: index 1 is the positive label.
+    names = [str(features.negative_label), str(features.positive_label)]
     importance = permutation_importance(
         pipeline, x, y, scoring="roc_auc", n_repeats=3, random_state=seed, n_jobs=1
     )
@@ -78,7 +80,10 @@ def plot_data(
             {"mean_predicted": a, "fraction_positive": b}
             for a, b in zip(_rounded(mean_predicted), _rounded(fraction_positive), strict=True)
         ],
-        "confusion": [{"actual": int(a), "predicted": int(b)} for a, b in zip(y, predicted, strict=True)],
+        "confusion": [
+            {"actual": names[a], "predicted": names[b]}
+            for a, b in zip(y.tolist(), predicted.tolist(), strict=True)
+        ],
         "importance": [
             {"feature": x.columns[i], "importance": round(float(importance.importances_mean[i]), DIGITS)}
             for i in order
@@ -125,7 +130,7 @@ def main() -> None:
     scores = classification_metrics(y_test, probability, threshold)
     slices = slice_metrics(test, probability, y_test, params.evaluate.slices, threshold)
     plots = plot_data(
-        pipeline, x_test, y_test, probability, threshold, params.evaluate.calibration_bins, params.train.seed
+        pipeline, x_test, y_test, probability, features, params.evaluate.calibration_bins, params.train.seed
     )
 
     predictions = output(params.paths.predictions)
