@@ -147,6 +147,20 @@ def _missing_allowance(fraction: float) -> float:
     return 0.0 if fraction == 0 else min(1.0, math.ceil((fraction * MISSING_MARGIN + 0.01) * 100) / 100)
 
 
+# A date or a timestamp spelled with digits: 2024-01-31, 31/01/2024, 2024-01-31T10:00. Words such as
+# "10th" or "May" are categories here: dateutil would read them as dates too.
+DATE_LIKE = (
+    r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2})?.*)?$|^\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}$"
+)
+
+
+def _looks_like_dates(text: pd.Series) -> bool:
+    sample = text.head(500)
+    if not sample.str.fullmatch(DATE_LIKE).mean() > 0.95:
+        return False
+    return bool(pd.to_datetime(sample, errors="coerce", format="mixed").notna().mean() > 0.95)
+
+
 def decide_column(raw: str, name: str, series: pd.Series, column: pa.Column, rows: int) -> ColumnDecision:
     present = series.dropna()
     distinct = int(present.nunique())
@@ -154,7 +168,11 @@ def decide_column(raw: str, name: str, series: pd.Series, column: pa.Column, row
     if distinct <= 1:
         return ColumnDecision(raw, name, "dropped", f"constant ({distinct} distinct value)")
     numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
-    if distinct == rows and ((numeric and (present % 1 == 0).all()) or not numeric):
+    if not numeric and _looks_like_dates(present.astype(str)):
+        return ColumnDecision(raw, name, "dropped", "date/time")
+    # Every row its own value: an identifier (whole numbers, or tokens without spaces), not a feature.
+    tokens = not numeric and not present.astype(str).str.contains(r"\s").any()
+    if distinct == rows and ((numeric and bool((present % 1 == 0).all())) or tokens):
         return ColumnDecision(raw, name, "dropped", "id-like: every row has its own value")
     if numeric:
         integer = bool((present % 1 == 0).all())
@@ -178,9 +196,6 @@ def decide_column(raw: str, name: str, series: pd.Series, column: pa.Column, row
         return ColumnDecision(raw, name, "numeric", reason, spec)
     text = present.astype(str)
     if distinct > FREE_TEXT_DISTINCT:
-        parsed = pd.to_datetime(text.head(500), errors="coerce", format="mixed")
-        if parsed.notna().mean() > 0.95:
-            return ColumnDecision(raw, name, "dropped", "date/time")
         return ColumnDecision(raw, name, "dropped", f"free text ({distinct} distinct values)")
     categories = sorted(text.unique().tolist())
     spec = {"categories": categories}
