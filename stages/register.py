@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import mlflow
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 
 from stages.classification import classification_metrics
 from stages.errors import StageError, run
@@ -19,6 +20,8 @@ from stages.features import labels, model_inputs
 from stages.params import Quality, load_params, parse_quality, read_yaml
 from stages.quality import clears_floor, gain
 from stages.registry import Registry, open_registry
+from stages.registry.faults import crash_point
+from stages.registry.locks import decision_lock
 from stages.tracking import configure, training_run
 from stages.workspace import dvc_hash, experiment_name, git_dirty, git_sha, output, workspace
 
@@ -108,6 +111,13 @@ def incumbents(registry: Registry, test: pd.DataFrame, primary: str) -> list[Inc
     return found
 
 
+def registered_from(registry: Registry, run_id: str) -> ModelVersion | None:
+    """The version an earlier run of register made from this training run, if one did."""
+    query = f"name = '{registry.model_name}' and tag.training_run_id = '{run_id}'"
+    found = registry.client.search_model_versions(query, max_results=1)
+    return found[0] if found else None
+
+
 def main() -> None:
     params = load_params()
     aliases = params.mlflow.aliases
@@ -121,31 +131,50 @@ def main() -> None:
     trained = training_run(
         hashlib.sha256((workspace() / params.paths.model / "model.pkl").read_bytes()).hexdigest()
     )
-    rivals = incumbents(registry, test, quality.primary_metric)
-    decision = decide(scores, quality, rivals)
-
-    tags = {
-        "git_sha": git_sha(),
-        "git_dirty": str(git_dirty()).lower(),
-        "data_hash": dvc_hash(workspace() / params.paths.prepared),
-        "dvc_exp_name": experiment_name(),
-        "training_run_id": trained.info.run_id,
-        "family": trained.data.tags.get("chosen_family", ""),
-        "status": "staging" if decision.staging else "rejected",
-        "decision": "\n".join(decision.reasons),
-        **{f"metric.{metric}": str(value) for metric, value in scores.items()},
-    }
-    version = mlflow.register_model(trained.data.tags["chosen_model_uri"], model_name, tags=tags)
-    registry.move(aliases.development, version.version)
-    if decision.staging:
-        for rival in rivals:
-            if rival.alias == aliases.staging:
-                registry.tag(rival.version, status="superseded", superseded_by=str(version.version))
-        registry.move(aliases.staging, version.version)
+    # The whole decision, from reading the incumbents to moving `staging`, under the registry lock: two
+    # registers at once would otherwise both beat the same incumbents, and the worse could win.
+    with decision_lock(registry):
+        earlier = registered_from(registry, trained.info.run_id)
+        rivals = [
+            rival
+            for rival in incumbents(registry, test, quality.primary_metric)
+            if earlier is None or rival.version != str(earlier.version)
+        ]
+        decision = decide(scores, quality, rivals)
+        tags = {
+            "git_sha": git_sha(),
+            "git_dirty": str(git_dirty()).lower(),
+            "data_hash": dvc_hash(workspace() / params.paths.prepared),
+            "dvc_exp_name": experiment_name(),
+            "training_run_id": trained.info.run_id,
+            "family": trained.data.tags.get("chosen_family", ""),
+            "status": "staging" if decision.staging else "rejected",
+            "decision": "\n".join(decision.reasons),
+            **{f"metric.{metric}": str(value) for metric, value in scores.items()},
+        }
+        if earlier is None:
+            version = str(
+                mlflow.register_model(trained.data.tags["chosen_model_uri"], model_name, tags=tags).version
+            )
+        else:
+            # A run killed after registering left this version without its aliases: finish it, once.
+            version = str(earlier.version)
+            registry.tag(version, **tags)
+            print(
+                f"register: {model_name} v{version} was already registered from this training run "
+                "(an interrupted or repeated run); finishing it instead of adding a version"
+            )
+        crash_point("register:after-version")
+        registry.move(aliases.development, version)
+        if decision.staging:
+            for rival in rivals:
+                if rival.alias == aliases.staging:
+                    registry.tag(rival.version, status="superseded", superseded_by=version)
+            registry.move(aliases.staging, version)
 
     report = {
         "model_name": model_name,
-        "version": str(version.version),
+        "version": version,
         "aliases": [aliases.development, *([aliases.staging] if decision.staging else [])],
         "staging": decision.staging,
         "reasons": decision.reasons,
@@ -161,7 +190,7 @@ def main() -> None:
     }
     output(params.paths.registered).write_text(json.dumps(submitted, indent=2) + "\n")
     verdict = "-> staging" if decision.staging else "stays in development (not staged)"
-    print(f"register: {model_name} v{version.version} {verdict}")
+    print(f"register: {model_name} v{version} {verdict}")
     for reason in decision.reasons:
         print(f"  {reason}")
 

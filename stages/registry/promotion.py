@@ -1,53 +1,139 @@
 """Move the `production` alias: to the `staging` version (promote), or back to the one it replaced
-(rollback). Each move is recorded in version tags: who moved it, when, and which version it replaced."""
+(rollback). Each move is recorded in version tags: who moved it, when, and which version it replaced.
+
+A move is three writes that MLflow cannot make atomic (the alias, the new version's tags, the old one's),
+so it is made recoverable instead. Under the registry lock, the intent (action, from, to, when, who) is
+first written as a tag on the registered model; then the alias moves; then the version tags are
+written; then the intent is cleared. Whoever finds an intent left by a crash (the next promote, rollback
+or deploy) finishes it when the alias had already moved, and drops it when it had not, and says which.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
+
 from stages.params import load_params
+from stages.registry.faults import crash_point
+from stages.registry.locks import decision_lock
 from stages.registry.versions import Registry, RegistryError, stamp
+
+INTENT_TAG = "promotion_intent"
+NONE = "none"
+
+
+@dataclass(frozen=True)
+class Intent:
+    action: str  # "promote" or "rollback"
+    source: str  # the production version before the move, or "none"
+    target: str  # the version production moves to
+    at: str
+    by: str
+
+
+def _pending(registry: Registry) -> Intent | None:
+    text = registry.client.get_registered_model(registry.model_name).tags.get(INTENT_TAG)
+    return Intent(**json.loads(text)) if text else None
+
+
+def _finish(registry: Registry, intent: Intent) -> None:
+    """Every write after the alias move; each is idempotent, so finishing twice is finishing once."""
+    name, aliases = registry.model_name, registry.aliases
+    if intent.action == "promote":
+        staged = registry.staging()
+        if staged is not None and str(staged.version) == intent.target:
+            registry.clear(aliases.staging)  # only the version promoted: a newer staging stays
+        registry.tag(
+            intent.target,
+            status="production",
+            promoted_at=intent.at,
+            promoted_by=intent.by,
+            replaced_version=intent.source,
+        )
+        crash_point("promote:between-tags")
+        if intent.source != NONE:
+            registry.tag(intent.source, status="archived", replaced_by=intent.target)
+    else:
+        registry.tag(intent.source, status="rolled_back", rolled_back_at=intent.at, rolled_back_by=intent.by)
+        registry.tag(intent.target, status="production")
+        versions = registry.client.get_model_version(name, intent.target)
+        if "replaced_by" in versions.tags:
+            registry.untag(intent.target, "replaced_by")
+    registry.client.delete_registered_model_tag(name, INTENT_TAG)
+
+
+def recover(registry: Registry) -> str | None:
+    """Finish or drop an interrupted move; a line that says which, or None when there was none.
+    Callers hold the registry lock."""
+    intent = _pending(registry)
+    if intent is None:
+        return None
+    current = registry.production()
+    moved = current is not None and str(current.version) == intent.target
+    what = f"{intent.action} v{intent.source} -> v{intent.target} by {intent.by} at {intent.at}"
+    if moved:
+        _finish(registry, intent)
+        return f"completed an interrupted {what}: the alias had moved"
+    registry.client.delete_registered_model_tag(registry.model_name, INTENT_TAG)
+    return f"reversed an interrupted {what}: the alias had not moved, nothing else had changed"
+
+
+def _move(registry: Registry, intent: Intent) -> None:
+    registry.client.set_registered_model_tag(registry.model_name, INTENT_TAG, json.dumps(asdict(intent)))
+    crash_point(f"{intent.action}:before-alias")
+    registry.move(registry.aliases.production, intent.target)
+    crash_point(f"{intent.action}:after-alias")
+    _finish(registry, intent)
+
+
+def _with_recovery(note: str | None, message: str) -> str:
+    return f"{note}\n{message}" if note else message
 
 
 def promote(registry: Registry, only_if_none: bool = False) -> str:
-    name, aliases = registry.model_name, registry.aliases
-    current = registry.production()
-    if only_if_none and current is not None:
-        return f"{name}: production is already v{current.version}; nothing to do"
-    staged = registry.staging()
-    if staged is None:
-        raise RegistryError(
-            f"{name} has no '{aliases.staging}' version; run `dvc repro` and check "
-            f"{load_params().paths.registry_report} for why the last version was not staged"
+    with decision_lock(registry):
+        note = recover(registry)
+        name, aliases = registry.model_name, registry.aliases
+        current = registry.production()
+        if only_if_none and current is not None:
+            return _with_recovery(note, f"{name}: production is already v{current.version}; nothing to do")
+        staged = registry.staging()
+        if staged is None:
+            raise RegistryError(
+                _with_recovery(
+                    note,
+                    f"{name} has no '{aliases.staging}' version; run `dvc repro` and check "
+                    f"{load_params().paths.registry_report} for why the last version was not staged",
+                )
+            )
+        if current is not None and current.version == staged.version:
+            return _with_recovery(note, f"{name}: v{staged.version} is already production")
+        when = stamp()
+        replaced = str(current.version) if current is not None else NONE
+        _move(registry, Intent("promote", replaced, str(staged.version), when["at"], when["by"]))
+        before = f"v{replaced}" if current is not None else "(none)"
+        return _with_recovery(
+            note, f"{name}: production {before} -> v{staged.version} (by {when['by']} at {when['at']})"
         )
-    if current is not None and current.version == staged.version:
-        return f"{name}: v{staged.version} is already production"
-    when = stamp()
-    replaced = str(current.version) if current is not None else "none"
-    registry.move(aliases.production, staged.version)
-    registry.clear(aliases.staging)
-    registry.tag(
-        staged.version,
-        status="production",
-        promoted_at=when["at"],
-        promoted_by=when["by"],
-        replaced_version=replaced,
-    )
-    if current is not None:
-        registry.tag(current.version, status="archived", replaced_by=str(staged.version))
-    before = f"v{replaced}" if current is not None else "(none)"
-    return f"{name}: production {before} -> v{staged.version} (by {when['by']} at {when['at']})"
 
 
 def rollback(registry: Registry) -> str:
-    name = registry.model_name
-    current = registry.production()
-    if current is None:
-        raise RegistryError(f"{name} has no production version")
-    previous = current.tags.get("replaced_version", "none")
-    if previous == "none":
-        raise RegistryError(f"production v{current.version} replaced nothing; there is nothing to go back to")
-    when = stamp()
-    registry.move(registry.aliases.production, previous)
-    registry.tag(current.version, status="rolled_back", rolled_back_at=when["at"], rolled_back_by=when["by"])
-    registry.tag(previous, status="production")
-    registry.untag(previous, "replaced_by")
-    return f"{name}: production v{current.version} -> v{previous} (rollback by {when['by']} at {when['at']})"
+    with decision_lock(registry):
+        note = recover(registry)
+        name = registry.model_name
+        current = registry.production()
+        if current is None:
+            raise RegistryError(_with_recovery(note, f"{name} has no production version"))
+        previous = current.tags.get("replaced_version", NONE)
+        if previous == NONE:
+            raise RegistryError(
+                _with_recovery(
+                    note, f"production v{current.version} replaced nothing; there is nothing to go back to"
+                )
+            )
+        when = stamp()
+        _move(registry, Intent("rollback", str(current.version), previous, when["at"], when["by"]))
+        return _with_recovery(
+            note,
+            f"{name}: production v{current.version} -> v{previous} (rollback by {when['by']} at {when['at']})",
+        )

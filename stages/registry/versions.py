@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,6 +25,7 @@ class Registry:
     client: MlflowClient
     model_name: str
     aliases: Aliases
+    uri: str  # the registry's store: decides which lock serialises its decisions (stages.registry.locks)
 
     def at(self, alias: str) -> ModelVersion | None:
         """The version behind an alias, or None when the alias (or the model) does not exist yet."""
@@ -66,9 +68,14 @@ def open_registry(uri: str | None = None, model_name: str | None = None) -> Regi
     names = load_params().mlflow
     uri = uri or tracking_uri()
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    return Registry(client, model_name or names.model_name, names.aliases)
+    return Registry(client, model_name or names.model_name, names.aliases, uri)
+
+
+def actor() -> str:
+    """Who moves an alias: the GitHub actor in CI, else the MLflow user, else the local user."""
+    return os.environ.get("GITHUB_ACTOR") or os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
 
 
 def stamp() -> dict[str, str]:
     """When and by whom, for the tags that record a move."""
-    return {"at": datetime.now(UTC).isoformat(timespec="seconds"), "by": getpass.getuser()}
+    return {"at": datetime.now(UTC).isoformat(timespec="seconds"), "by": actor()}

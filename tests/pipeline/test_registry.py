@@ -31,7 +31,7 @@ def registry(template, tmp_path) -> Registry:
     """A private copy of the template store."""
     shutil.copy(template, tmp_path / "registry.db")
     uri = f"sqlite:///{tmp_path / 'registry.db'}"
-    return Registry(MlflowClient(tracking_uri=uri, registry_uri=uri), "model", ALIASES)
+    return Registry(MlflowClient(tracking_uri=uri, registry_uri=uri), "model", ALIASES, uri)
 
 
 def tags(registry: Registry, version: str) -> dict[str, str]:
