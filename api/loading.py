@@ -24,6 +24,8 @@ METRIC_TAG_PREFIX = "metric."
 REGISTERED_MODEL_META = "registered_model_meta"
 VERIFY_SEED = 20240601
 FEW_ROWS_CHECK = 7
+# What the classifiers' own predict() uses; a model logged without a threshold of its own means this.
+DEFAULT_DECISION_THRESHOLD = 0.5
 
 
 class ModelCheckFailed(Exception):
@@ -49,6 +51,7 @@ class ServedModel:
     fallback_reason: str | None
     requests: RequestModels
     labels: tuple[str, str]  # (negative, positive)
+    threshold: float  # the positive label when P(positive) > threshold
     feature_metadata: dict[str, Any]
     loaded_at: datetime
     max_parity_error: float | None
@@ -73,6 +76,8 @@ class ServedModel:
             "loaded_at": self.loaded_at.isoformat(),
             "predictor": self.predictor.kind,
             "fallback_reason": self.fallback_reason,
+            "positive_label": self.labels[1],
+            "decision_threshold": self.threshold,
         }
 
 
@@ -172,11 +177,11 @@ def build(path: Path, registered: RegistryVersion, settings: Settings) -> Served
     metadata = (logged.metadata or {}).get("feature_metadata")
     if not metadata:
         raise ModelCheckFailed("the model was logged without metadata['feature_metadata']")
+    labels, threshold = decision_rule(metadata)
     examples = _example_rows(logged, path)
     requests = build_request_models(logged.signature, metadata, examples, settings.max_batch_size)
     pipeline = mlflow.sklearn.load_model(str(path))
     _single_threaded(pipeline)
-    negative, positive = metadata["labels"]
     columns = requests.columns
     known = {
         name: set(metadata["categorical"].get(name, {}).get("categories", [])) for name in columns.categorical
@@ -222,11 +227,27 @@ def build(path: Path, registered: RegistryVersion, settings: Settings) -> Served
         predictor=predictor,
         fallback_reason=fallback_reason,
         requests=requests,
-        labels=(negative, positive),
+        labels=labels,
+        threshold=threshold,
         feature_metadata=metadata,
         loaded_at=datetime.now(UTC),
         max_parity_error=max_error,
     )
+
+
+def decision_rule(metadata: dict[str, Any]) -> tuple[tuple[str, str], float]:
+    """(negative, positive) labels and the decision threshold. The probabilities are P(positive_label), so
+    the positive label is named by `positive_label`, never by its place in `labels`."""
+    labels, positive = metadata.get("labels"), metadata.get("positive_label")
+    if not isinstance(labels, list) or len(labels) != 2 or labels[0] == labels[1]:
+        raise ModelCheckFailed(f"metadata['labels'] must hold two different labels, not {labels!r}")
+    if positive not in labels:
+        raise ModelCheckFailed(f"the positive label {positive!r} is not one of the labels {labels}")
+    (negative,) = [label for label in labels if label != positive]
+    threshold = metadata.get("decision_threshold", DEFAULT_DECISION_THRESHOLD)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 < threshold < 1.0:
+        raise ModelCheckFailed(f"the decision threshold {threshold!r} is not a number in (0, 1)")
+    return (str(negative), str(positive)), float(threshold)
 
 
 def _max_error(fast: FastPredictor, rows: list[dict[str, Any]], expected: np.ndarray) -> float:

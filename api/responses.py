@@ -11,14 +11,18 @@ from pydantic_core import to_json
 
 
 class PredictionResponse(BaseModel):
-    label: str = Field(description="The predicted label (positive when probability > 0.5).")
+    label: str = Field(
+        description="The predicted label: the positive one when probability > the model's decision threshold."
+    )
     probability: float = Field(ge=0, le=1, description="Probability of the positive label.")
     model_name: str
     model_version: str | None
 
 
 class BatchItem(BaseModel):
-    label: str
+    label: str = Field(
+        description="The predicted label: the positive one when probability > the model's decision threshold."
+    )
     probability: float = Field(ge=0, le=1)
 
 
@@ -68,6 +72,10 @@ class ModelResponse(BaseModel):
     loaded_at: str
     predictor: str = Field(description="fast-xgboost, fast-linear, or generic (the pandas fallback).")
     fallback_reason: str | None
+    positive_label: str = Field(description="The label whose probability the predictions report.")
+    decision_threshold: float = Field(
+        gt=0, lt=1, description="A prediction is the positive label when its probability is above this."
+    )
 
 
 def batch_body(

@@ -163,7 +163,7 @@ class ModelService:
         probability, unknown = model.predictor.predict_one(row)
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         negative, positive = model.labels
-        label = positive if probability > 0.5 else negative  # the classifiers' own predict() rule
+        label = positive if probability > model.threshold else negative  # the classifiers' own rule
         counters = self._counters if self.model is model else {}
         self._count(counters, label, 1)
         self.metrics.probability.observe(probability)
@@ -187,7 +187,7 @@ class ModelService:
             probabilities = await run_in_threadpool(predictor.score, prepared)
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         negative, positive = model.labels
-        is_positive = probabilities > 0.5  # the classifiers' own predict() rule
+        is_positive = probabilities > model.threshold  # the classifiers' own rule
         positives = int(is_positive.sum())
         counters = self._counters if self.model is model else {}
         self._count(counters, positive, positives)

@@ -93,6 +93,13 @@ class ApiRegistry:
         return self.pipeline(version).predict_proba(frame)[:, 1]
 
 
+def negative_and_positive(features: dict[str, Any]) -> tuple[str, str]:
+    """The two labels, the positive one (what the probabilities are of) second, whatever order lists them."""
+    positive = features["positive_label"]
+    (negative,) = [label for label in features["labels"] if label != positive]
+    return negative, positive
+
+
 @cache
 def download_version(tracking_uri: str, name: str, version: str) -> Path:
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

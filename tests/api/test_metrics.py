@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from api.metrics import LATENCY_BUCKETS, PROBABILITY_BUCKETS, observe_many
-from tests.api.support import metric, metric_samples, serving
+from tests.api.support import metric, metric_samples, negative_and_positive, serving
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_model_metrics_after_traffic(traffic, api_registry):
     predicted = SINGLE + BATCH_ROWS
     assert metric(samples, "model_inference_seconds_count") == SINGLE + 1
     assert metric(samples, "predictions_total") == predicted
-    negative, positive = api_registry.features["labels"]
+    negative, positive = negative_and_positive(api_registry.features)
     positives = sum(1 for probability in probabilities if probability > 0.5)
     assert metric(samples, "predictions_total", label=positive) == positives
     assert metric(samples, "predictions_total", label=negative) == predicted - positives
