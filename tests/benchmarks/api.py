@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api.metrics import INFERENCE_SECONDS as INFERENCE_METRIC
+from api.telemetry import INFERENCE_SECONDS as INFERENCE_METRIC
 from tests.support.processes import REPO_ROOT, free_port, running, subprocess_env
 
 LUA_SCRIPT = Path(__file__).with_name("post.lua")
@@ -41,7 +41,7 @@ TARGETS = {"vs_mlflow": 10.0, "vs_bare": 0.70, "inference_p50_ms": 0.5, "batch_r
 # ---------------------------------------------------------------------------------------------- payloads
 def benchmark_rows(served: Any, count: int) -> list[dict[str, Any]]:
     """Real held-out rows when the pipeline has run here, else rows drawn from the feature metadata."""
-    from api.loading import synthetic_rows
+    from api.fast import synthetic_rows
 
     test_split = REPO_ROOT / "data" / "prepared" / "test.parquet"
     columns = served.requests.columns
@@ -150,7 +150,8 @@ def bare_app(settings: Any) -> Any:
     """FastAPI at its leanest: the same request model as the service, a constant answer."""
     from fastapi import FastAPI
 
-    from api.loading import load_registered, resolve_alias
+    from api.loading import load_registered
+    from api.registry import resolve_alias
 
     served = load_registered(settings, resolve_alias(settings))
     record_model = served.requests.record
@@ -267,7 +268,8 @@ def main() -> int:
         print("bench: wrk is not installed (make system-deps installs it)", file=sys.stderr)
         return 2
 
-    from api.loading import load_registered, resolve_alias
+    from api.loading import load_registered
+    from api.registry import resolve_alias
     from api.settings import Settings
 
     settings = Settings()
