@@ -16,6 +16,7 @@ import numpy as np
 
 from api.fast import UnsupportedPipeline, compile_predictor, synthetic_rows, verify_parity
 from api.predictor import GenericPredictor, Predictor
+from api.process import native_threads
 from api.registry import RegistryVersion, downloaded, local_model
 from api.requests import RequestModels, build_request_models
 from api.settings import Settings
@@ -132,12 +133,13 @@ def build(path: Path, registered: RegistryVersion, settings: Settings) -> Served
             fallback_reason,
         )
     log.info(
-        "model %s v%s: %s predictor, verified on %d rows (max error %s)",
+        "model %s v%s: %s predictor, verified on %d rows (max error %s); %s",
         registered.name,
         registered.version,
         predictor.kind,
         len(probe),
         max_error,
+        native_threads(),  # the model's libraries are loaded now: their thread pools are the ones it uses
     )
     return ServedModel(
         registry=registered,

@@ -93,6 +93,7 @@ def _local_registry_version(path: Path, settings: Settings) -> RegistryVersion:
     registry is configured too, its tags (git SHA, data hash, metrics) are looked up, best effort. Without
     either, the model is named by MODEL_NAME, or by its directory."""
     import yaml
+    from mlflow.exceptions import MlflowException
 
     meta_file = path / REGISTERED_MODEL_META
     meta = yaml.safe_load(meta_file.read_text()) if meta_file.is_file() else None
@@ -109,6 +110,6 @@ def _local_registry_version(path: Path, settings: Settings) -> RegistryVersion:
                 source=found.source,
                 tags=dict(found.tags or {}),
             )
-        except Exception as error:  # the registry is optional for a local model
+        except MlflowException as error:  # unreachable, or without that version: optional for a local model
             log.info("no registry details for %s v%s: %s", name, version, error)
     return RegistryVersion(name=name, version=version, source=settings.model_uri)

@@ -15,7 +15,6 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import ModelNotReady
 from api.loading import ServedModel, load_local, load_registered
 from api.predictor import ColumnBatch, Row, batch_size
-from api.process import native_threads
 from api.registry import RegistryVersion, resolve_alias
 from api.settings import Settings
 from api.telemetry import Telemetry
@@ -132,11 +131,7 @@ class ModelService:
         self.telemetry.model_loaded.set(1)
         self.telemetry.model_fast_path.set(1 if model.uses_fast_path else 0)
         log.info(
-            "serving %s version %s (%s predictor; %s)",
-            registry.name,
-            registry.version,
-            model.predictor.kind,
-            native_threads(),
+            "serving %s version %s (%s predictor)", registry.name, registry.version, model.predictor.kind
         )
         settle_heap()
 

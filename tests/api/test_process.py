@@ -148,5 +148,5 @@ def test_plain_uvicorn_gets_the_process_defaults_too(api_registry, tmp_path):
     assert "HTTP/1.1" not in text, "an access log line was written"
     defaults = " ".join(f"{name}={value}" for name, value in ENVIRONMENT.items())
     assert f"process defaults: {defaults}; access log off" in text
-    (serving,) = [line for line in text.splitlines() if "serving " in line]
-    assert "openmp threads 1" in serving and "openmp threads 2" not in serving, serving
+    (loaded,) = [line for line in text.splitlines() if "verified on" in line]
+    assert "openmp threads 1" in loaded and "openmp threads 2" not in loaded, loaded
