@@ -1,4 +1,8 @@
-"""`python -m api --host H --port P`: one process, uvloop + httptools, no access log."""
+"""`python -m api --host H --port P`: one process, uvloop + httptools.
+
+The process defaults (one OpenMP thread, MLflow's retries, no access log) are applied by importing `api`
+and by create_app, for this and every other way of starting the service (api/process.py).
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,11 @@ import logging
 import os
 from pathlib import Path
 
-# Before numpy or xgboost load: one thread per process. On a small box, several threads per tiny request
-# only contend with each other and with the event loop.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-# The service's own loop owns retries and backoff. MLflow's default (7 retries, exponential backoff) would
-# make one attempt against a dead registry last minutes and hide every try from the log.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
 
 def main() -> None:
-    from api.settings import Settings
-
-    settings = Settings()
     parser = argparse.ArgumentParser(prog="python -m api", description=__doc__)
-    parser.add_argument("--host", default=settings.host)
-    parser.add_argument("--port", type=int, default=settings.port)
+    parser.add_argument("--host", help="default: HOST, else 127.0.0.1")
+    parser.add_argument("--port", type=int, help="default: PORT, else 8000")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info"))
     parser.add_argument(
         "--baked-model",
@@ -40,14 +31,16 @@ def main() -> None:
 
     import uvicorn
 
+    from api.settings import Settings
+
+    settings = Settings()  # after MODEL_URI is known: without it, MODEL_NAME and MODEL_ALIAS are required
     uvicorn.run(
         "api.main:create_app",
         factory=True,
-        host=args.host,
-        port=args.port,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
         loop="uvloop",
         http="httptools",
-        access_log=False,
         workers=1,
         log_level=args.log_level,
     )

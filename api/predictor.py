@@ -1,12 +1,10 @@
-"""The two predictors: the generic one (the logged pipeline through a DataFrame) and the fast one that
-`api.compiler` builds from it, which needs no pandas per request."""
+"""What a predictor is, and the generic one: the logged pipeline through a DataFrame. The fast one, which
+needs no pandas per request, is compiled from the same pipeline by `api.fast`."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from operator import itemgetter
 from typing import Any, Protocol
 
@@ -17,13 +15,6 @@ Row = Mapping[str, Any]
 # A batch by column: feature name -> its values, one per row, in order. This is how a batch arrives from the
 # decoder and how both predictors consume it; rows convert with `columns_of`.
 ColumnBatch = Mapping[str, Sequence[Any]]
-# Positions in the one-hot lookups that set no column: a category never seen in training (counted), and a
-# missing value whose imputed fill was never seen either (not an unknown category).
-UNKNOWN, NO_COLUMN = -1, -2
-
-
-class UnsupportedPipeline(Exception):
-    """The pipeline's shape is not one the fast path can replay exactly."""
 
 
 class Predictor(Protocol):
@@ -39,7 +30,7 @@ class Predictor(Protocol):
         worker thread."""
         ...
 
-    def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
+    def predict_rows(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
         """`prepare` then `score`, for rows."""
         ...
 
@@ -82,16 +73,6 @@ def to_frame(batch: ColumnBatch, columns: Columns) -> pd.DataFrame:
     return pd.DataFrame(data, columns=list(columns.order))
 
 
-def positive_class_index(classes: Sequence[Any], positive_label: str) -> int:
-    """Which predict_proba column is the positive class: labels are stored as 0/1 or as the label text."""
-    classes = list(classes)
-    if positive_label in classes:
-        return classes.index(positive_label)
-    if 1 in classes:
-        return classes.index(1)
-    raise UnsupportedPipeline(f"neither {positive_label!r} nor 1 is among the classes {classes}")
-
-
 class BatchPredictor:
     """What both predictors share: a batch is prepared, then scored; `names` are its columns."""
 
@@ -103,7 +84,7 @@ class BatchPredictor:
     def score(self, prepared: Any) -> np.ndarray:
         raise NotImplementedError
 
-    def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
+    def predict_rows(self, rows: Sequence[Row]) -> tuple[np.ndarray, dict[str, int]]:
         prepared, unknown = self.prepare(columns_of(rows, self.names))
         return self.score(prepared), unknown
 
@@ -113,12 +94,12 @@ class GenericPredictor(BatchPredictor):
 
     kind = "generic"
 
-    def __init__(self, pipeline: Any, columns: Columns, known: Mapping[str, set[str]], positive_label: str):
+    def __init__(self, pipeline: Any, columns: Columns, known: Mapping[str, set[str]], positive_index: int):
         self.pipeline = pipeline
         self.columns = columns
         self.names = columns.order
         self.known = known
-        self.positive_index = positive_class_index(pipeline.classes_, positive_label)
+        self.positive_index = positive_index  # the predict_proba column of the positive label
 
     def prepare(self, columns: ColumnBatch) -> tuple[pd.DataFrame, dict[str, int]]:
         unknown: dict[str, int] = {}
@@ -134,111 +115,5 @@ class GenericPredictor(BatchPredictor):
         return np.asarray(probabilities, dtype=np.float64)
 
     def predict_one(self, row: Row) -> tuple[float, dict[str, int]]:
-        probabilities, unknown = self.predict([row])
+        probabilities, unknown = self.predict_rows([row])
         return float(probabilities[0]), unknown
-
-
-@dataclass(frozen=True)
-class NumericColumn:
-    name: str
-    position: int
-    fill: float  # the imputer's statistic; NaN inputs become this
-    mean: float
-    scale: float
-
-
-@dataclass(frozen=True)
-class CategoricalColumn:
-    name: str
-    fill: Any  # what the imputer writes for a missing value
-    positions: dict[Any, int]  # category -> output column of its one-hot 1.0
-
-
-def _with_missing(column: CategoricalColumn) -> dict[Any, int]:
-    """The column's category -> position map, plus None: where the imputer's fill value goes, or nowhere
-    (all zeros, like OneHotEncoder(handle_unknown="ignore")) when training never saw that fill value."""
-    lookup = dict(column.positions)
-    lookup[None] = lookup.get(column.fill, NO_COLUMN)
-    return lookup
-
-
-class FastPredictor(BatchPredictor):
-    """The compiled pipeline: `prepare` encodes a ColumnBatch into the float64 matrix the classifier takes,
-    `predict_one` encodes one validated record (a dict keyed by feature name) with plain Python."""
-
-    def __init__(
-        self,
-        kind: str,
-        width: int,
-        numeric: list[NumericColumn],
-        categorical: list[CategoricalColumn],
-        score: Any,
-        score_one: Any,
-        flip: bool,
-    ):
-        self.kind = kind
-        self.width = width
-        self._numeric = tuple((c.name, c.position, c.fill, c.mean, c.scale) for c in numeric)
-        self._numeric_names = tuple(c.name for c in numeric)
-        self._numeric_positions = np.array([c.position for c in numeric], dtype=np.intp)
-        self._numeric_fill = np.array([c.fill for c in numeric], dtype=np.float64)
-        self._numeric_mean = np.array([c.mean for c in numeric], dtype=np.float64)
-        self._numeric_scale = np.array([c.scale for c in numeric], dtype=np.float64)
-        self.names = (*self._numeric_names, *(c.name for c in categorical))
-        # category -> output column, with None (missing) already mapped the way the imputer fills it.
-        self._categorical = tuple((c.name, _with_missing(c)) for c in categorical)
-        self._score = score  # float64 matrix (n, width) -> probability of classes_[1], shape (n,)
-        self._score_one = score_one  # float64 row (width,) -> probability of classes_[1]
-        self._flip = flip  # the positive class is classes_[0]
-
-    def prepare(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
-        """The encoded float64 matrix (n, width)."""
-        n = batch_size(columns)
-        matrix = np.zeros((n, self.width), dtype=np.float64)
-        if self._numeric:
-            # np.array turns None into NaN, which the imputer's statistic then replaces.
-            values = np.column_stack(
-                [np.array(columns[name], dtype=np.float64) for name in self._numeric_names]
-            )
-            values = np.where(np.isnan(values), self._numeric_fill, values)
-            # The same two in-place float64 operations as StandardScaler.transform, so results match bitwise.
-            values -= self._numeric_mean
-            values /= self._numeric_scale
-            matrix[:, self._numeric_positions] = values
-        unknown: dict[str, int] = {}
-        row_index = np.arange(n)
-        for name, lookup in self._categorical:
-            found = list(map(lookup.get, columns[name], repeat(UNKNOWN, n)))
-            misses = found.count(UNKNOWN)
-            if misses:
-                unknown[name] = misses
-            positions = np.array(found, dtype=np.intp)
-            hit = positions >= 0
-            matrix[row_index[hit], positions[hit]] = 1.0
-        return matrix, unknown
-
-    def _encode_one(self, row: Row) -> tuple[np.ndarray, dict[str, int]]:
-        vector = [0.0] * self.width
-        for name, position, fill, mean, scale in self._numeric:
-            value = row[name]
-            if value is None or math.isnan(value):
-                value = fill
-            vector[position] = (float(value) - mean) / scale
-        unknown: dict[str, int] = {}
-        for name, lookup in self._categorical:
-            value = row[name]
-            position = lookup.get(value, UNKNOWN)
-            if position >= 0:
-                vector[position] = 1.0
-            elif position == UNKNOWN:
-                unknown[name] = 1
-        return np.array(vector, dtype=np.float64), unknown
-
-    def predict_one(self, row: Row) -> tuple[float, dict[str, int]]:
-        encoded, unknown = self._encode_one(row)
-        probability = self._score_one(encoded)
-        return (1.0 - probability if self._flip else probability), unknown
-
-    def score(self, prepared: np.ndarray) -> np.ndarray:
-        probabilities = np.asarray(self._score(prepared), dtype=np.float64)
-        return 1.0 - probabilities if self._flip else probabilities

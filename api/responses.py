@@ -1,4 +1,5 @@
-"""What the service answers: the response models its OpenAPI document describes, and the batch body."""
+"""What the service answers: the response models its OpenAPI document describes, and the bodies the
+prediction routes write themselves (they skip FastAPI's serialisation, so these must match the models)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,24 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 from pydantic_core import to_json
+from starlette.responses import Response
+
+JSON = "application/json"
 
 
 class PredictionResponse(BaseModel):
-    label: str = Field(description="The predicted label (positive when probability > 0.5).")
+    label: str = Field(
+        description="The predicted label: the positive one when probability > the model's decision threshold."
+    )
     probability: float = Field(ge=0, le=1, description="Probability of the positive label.")
     model_name: str
     model_version: str | None
 
 
 class BatchItem(BaseModel):
-    label: str
+    label: str = Field(
+        description="The predicted label: the positive one when probability > the model's decision threshold."
+    )
     probability: float = Field(ge=0, le=1)
 
 
@@ -68,6 +76,23 @@ class ModelResponse(BaseModel):
     loaded_at: str
     predictor: str = Field(description="fast-xgboost, fast-linear, or generic (the pandas fallback).")
     fallback_reason: str | None
+    max_parity_error: float | None = Field(
+        description="Largest |fast path - pipeline| probability found by the load-time check (null when "
+        "the generic path serves because the fast one could not be built)."
+    )
+    positive_label: str = Field(description="The label whose probability the predictions report.")
+    decision_threshold: float = Field(
+        gt=0, lt=1, description="A prediction is the positive label when its probability is above this."
+    )
+
+
+def json_response(payload: Any, status_code: int = 200) -> Response:
+    return Response(to_json(payload, inf_nan_mode="strings"), status_code=status_code, media_type=JSON)
+
+
+def prediction_body(label: str, probability: float, name: str, version: str | None) -> bytes:
+    """The JSON of a PredictionResponse."""
+    return to_json({"label": label, "probability": probability, "model_name": name, "model_version": version})
 
 
 def batch_body(

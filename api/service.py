@@ -1,4 +1,4 @@
-"""The one class between HTTP and the model: which model serves, how it is (re)loaded, how it predicts."""
+"""The one class between HTTP and the model: which model serves, how it is (re)loaded, how it scores."""
 
 from __future__ import annotations
 
@@ -7,24 +7,21 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
+from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
-from api.loading import RegistryVersion, ServedModel, load_local, load_registered, resolve_alias
-from api.metrics import ServiceMetrics, observe_many
-from api.predictor import ColumnBatch, batch_size
+from api.errors import ModelNotReady
+from api.loading import ServedModel, load_local, load_registered
+from api.predictor import ColumnBatch, Row, batch_size
+from api.registry import RegistryVersion, resolve_alias
 from api.settings import Settings
+from api.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 # Below this many rows the model answers in well under a millisecond: a thread hop would cost more.
 INLINE_BATCH_ROWS = 32
-
-
-class ModelNotReady(Exception):
-    """No model is serving yet; the message says why."""
 
 
 def _short(error: BaseException) -> str:
@@ -44,19 +41,13 @@ def settle_heap() -> None:
 
 
 class ModelService:
-    def __init__(
-        self,
-        settings: Settings,
-        metrics: ServiceMetrics,
-        on_swap: Callable[[ServedModel], None] | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
         self.settings = settings
-        self.metrics = metrics
+        self.telemetry = telemetry
         self.model: ServedModel | None = None
         self.not_ready_reason = "the model has not been loaded yet"
-        self._on_swap = on_swap
-        self._task: asyncio.Task | None = None
-        self._counters: dict[str, Any] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._counters: dict[str, Counter] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -75,8 +66,8 @@ class ModelService:
             try:
                 await self._load_first(attempt)
             except Exception as error:  # anything that stops a load must leave the service up and retrying
-                self.not_ready_reason = f"loading {self._target()} failed: {_short(error)}"
-                self.metrics.reloads.labels("failure").inc()
+                self.not_ready_reason = f"loading {self.settings.target} failed: {_short(error)}"
+                self.telemetry.reloads.labels("failure").inc()
                 log.warning(
                     "model load attempt %d failed (%s); next try in %.2fs",
                     attempt,
@@ -91,13 +82,8 @@ class ModelService:
             await asyncio.sleep(self.settings.reload_interval_seconds)
             await self.poll_once()
 
-    def _target(self) -> str:
-        if self.settings.model_uri:
-            return self.settings.model_uri
-        return f"models:/{self.settings.model_name}@{self.settings.model_alias}"
-
     async def _load_first(self, attempt: int) -> None:
-        log.info("loading %s (attempt %d)", self._target(), attempt)
+        log.info("loading %s (attempt %d)", self.settings.target, attempt)
         if self.settings.model_uri:
             model = await asyncio.to_thread(load_local, self.settings)
         else:
@@ -111,15 +97,17 @@ class ModelService:
         try:
             registered: RegistryVersion = await asyncio.to_thread(resolve_alias, self.settings)
         except Exception as error:  # the registry being away must not disturb the model that serves
-            log.warning("could not resolve %s, keeping the current model: %s", self._target(), _short(error))
+            log.warning(
+                "could not resolve %s, keeping the current model: %s", self.settings.target, _short(error)
+            )
             return False
         if current is not None and registered.version == current.registry.version:
             return False
-        log.info("%s moved to version %s; loading it", self._target(), registered.version)
+        log.info("%s moved to version %s; loading it", self.settings.target, registered.version)
         try:
             model = await asyncio.to_thread(load_registered, self.settings, registered)
         except Exception as error:  # a bad new version must never take the old one down
-            self.metrics.reloads.labels("failure").inc()
+            self.telemetry.reloads.labels("failure").inc()
             log.error(
                 "reload of %s v%s failed, version %s keeps serving: %s",
                 registered.name,
@@ -133,51 +121,49 @@ class ModelService:
 
     def _swap(self, model: ServedModel) -> None:
         # One assignment: a request that already holds the old model finishes on it.
-        self._counters = {label: self.metrics.predictions.labels(label) for label in model.labels}
+        self._counters = {label: self.telemetry.predictions.labels(label) for label in model.labels}
         self.model = model
         self.not_ready_reason = ""
         registry = model.registry
-        self.metrics.reloads.labels("success").inc()
-        self.metrics.model_info.clear()
-        self.metrics.model_info.labels(registry.name, registry.version or "", registry.alias or "").set(1)
-        self.metrics.model_loaded.set(1)
-        self.metrics.model_fast_path.set(1 if model.fast else 0)
+        self.telemetry.reloads.labels("success").inc()
+        self.telemetry.model_info.clear()
+        self.telemetry.model_info.labels(registry.name, registry.version or "", registry.alias or "").set(1)
+        self.telemetry.model_loaded.set(1)
+        self.telemetry.model_fast_path.set(1 if model.uses_fast_path else 0)
         log.info(
             "serving %s version %s (%s predictor)", registry.name, registry.version, model.predictor.kind
         )
-        if self._on_swap is not None:
-            self._on_swap(model)
         settle_heap()
 
-    # ------------------------------------------------------------------ predictions
+    # ------------------------------------------------------------------ scoring
     def require_model(self) -> ServedModel:
         model = self.model
         if model is None:
             raise ModelNotReady(self.not_ready_reason)
         return model
 
-    def predict_one(self, model: ServedModel, row: dict[str, Any]) -> tuple[str, float]:
+    def score_one(self, model: ServedModel, row: Row) -> tuple[str, float]:
         """One record's label and positive-class probability; metrics recorded. Plain Python throughout:
         on this path each numpy call on a one-element array costs more than the arithmetic it does."""
         started = time.perf_counter()
         probability, unknown = model.predictor.predict_one(row)
-        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        self.telemetry.inference_seconds.observe(time.perf_counter() - started)
         negative, positive = model.labels
-        label = positive if probability > 0.5 else negative  # the classifiers' own predict() rule
+        label = positive if probability > model.threshold else negative  # the classifiers' own rule
         counters = self._counters if self.model is model else {}
         self._count(counters, label, 1)
-        self.metrics.probability.observe(probability)
+        self.telemetry.probability.observe(probability)
         for feature, count in unknown.items():
-            self.metrics.unknown_categories.labels(feature).inc(count)
+            self.telemetry.unknown_categories.labels(feature).inc(count)
         return label, probability
 
-    async def predict(self, model: ServedModel, columns: ColumnBatch) -> tuple[np.ndarray, np.ndarray]:
+    async def score_batch(self, model: ServedModel, columns: ColumnBatch) -> tuple[np.ndarray, np.ndarray]:
         """Positive-class probabilities and whether each row's label is the positive one, in row order;
         metrics recorded. Large batches are scored in a worker thread, and only scored there: the booster
         releases the GIL, while the encoding would hold it against the requests the event loop is serving
         meanwhile."""
         rows = batch_size(columns)
-        self.metrics.batch_rows.inc(rows)
+        self.telemetry.batch_rows.inc(rows)
         started = time.perf_counter()
         predictor = model.predictor
         prepared, unknown = predictor.prepare(columns)
@@ -185,18 +171,18 @@ class ModelService:
             probabilities = predictor.score(prepared)
         else:
             probabilities = await run_in_threadpool(predictor.score, prepared)
-        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        self.telemetry.inference_seconds.observe(time.perf_counter() - started)
         negative, positive = model.labels
-        is_positive = probabilities > 0.5  # the classifiers' own predict() rule
+        is_positive = probabilities > model.threshold  # the classifiers' own rule
         positives = int(is_positive.sum())
         counters = self._counters if self.model is model else {}
         self._count(counters, positive, positives)
         self._count(counters, negative, rows - positives)
-        observe_many(self.metrics.probability, probabilities)
+        self.telemetry.probability.observe_many(probabilities)
         for feature, count in unknown.items():
-            self.metrics.unknown_categories.labels(feature).inc(count)
+            self.telemetry.unknown_categories.labels(feature).inc(count)
         return probabilities, is_positive
 
-    def _count(self, counters: dict[str, Any], label: str, count: int) -> None:
+    def _count(self, counters: dict[str, Counter], label: str, count: int) -> None:
         if count:
-            (counters.get(label) or self.metrics.predictions.labels(label)).inc(count)
+            (counters.get(label) or self.telemetry.predictions.labels(label)).inc(count)

@@ -1,8 +1,12 @@
-"""The service's settings: one class, read from the environment (tests build their own instances)."""
+"""The service's settings: one class, read from the environment (tests build their own instances).
+
+The registered model's name and alias have no default here: params.yaml names them, and whoever starts
+the service (the Makefile, compose, the image) passes them on. Only a fixed MODEL_URI needs neither.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -12,8 +16,12 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         default=None, description="Registry to load from; MLflow's own default when unset."
     )
-    model_name: str = Field(default="adult-income", description="Registered model name.")
-    model_alias: str = Field(default="production", description="Alias to serve and to follow.")
+    model_name: str | None = Field(
+        default=None, description="Registered model name; required unless MODEL_URI is set."
+    )
+    model_alias: str | None = Field(
+        default=None, description="Alias to serve and to follow; required unless MODEL_URI is set."
+    )
     model_uri: str | None = Field(
         default=None,
         description="A local model directory (or any MLflow model URI) served as is: no registry, no reload.",
@@ -37,3 +45,38 @@ class Settings(BaseSettings):
     parity_tolerance: float = Field(
         default=1e-6, gt=0, description="Largest allowed |fast - pipeline| probability on those rows."
     )
+
+    @field_validator("model_name", "model_alias", "model_uri", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `MODEL_NAME=` in an env file, or an image built without the argument, names no model either.
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _names_the_model(self) -> Settings:
+        missing = [
+            variable
+            for variable, value in (("MODEL_NAME", self.model_name), ("MODEL_ALIAS", self.model_alias))
+            if value is None
+        ]
+        if self.model_uri is None and missing:
+            raise ValueError(
+                f"{' and '.join(missing)} must be set (the registered model and alias to serve), "
+                "or MODEL_URI (a model to serve as is)"
+            )
+        return self
+
+    @property
+    def registered_model(self) -> tuple[str, str]:
+        """(MODEL_NAME, MODEL_ALIAS), for the registry paths: both are set whenever MODEL_URI is not."""
+        if self.model_name is None or self.model_alias is None:
+            raise RuntimeError("no registered model to follow: this service serves MODEL_URI")
+        return self.model_name, self.model_alias
+
+    @property
+    def target(self) -> str:
+        """What this service serves, as a URI: MODEL_URI, or models:/MODEL_NAME@MODEL_ALIAS."""
+        if self.model_uri is not None:
+            return self.model_uri
+        name, alias = self.registered_model
+        return f"models:/{name}@{alias}"

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.main import create_app
 from api.settings import Settings
 from stages.features import model_inputs
+from stages.params import parse, read_yaml
 
 CHALLENGER_ALIAS = "challenger"
 PARITY_TOLERANCE = 1e-6
@@ -93,6 +94,13 @@ class ApiRegistry:
         return self.pipeline(version).predict_proba(frame)[:, 1]
 
 
+def negative_and_positive(features: dict[str, Any]) -> tuple[str, str]:
+    """The two labels, the positive one (what the probabilities are of) second, whatever order lists them."""
+    positive = features["positive_label"]
+    (negative,) = [label for label in features["labels"] if label != positive]
+    return negative, positive
+
+
 @cache
 def download_version(tracking_uri: str, name: str, version: str) -> Path:
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -153,9 +161,10 @@ def build_registry(trained_pipeline: Any, workdir: Path) -> ApiRegistry:
         name, source=broken_dir.as_uri(), tags={"status": "broken on purpose"}
     )
 
-    params = yaml.safe_load((trained_pipeline.workdir / "params.yaml").read_text())
-    features = params["features"]
-    test_frame = model_inputs(pd.read_parquet(trained_pipeline.test_split), features)
+    text = (trained_pipeline.workdir / "params.yaml").read_text()
+    features = yaml.safe_load(text)["features"]
+    typed = parse(read_yaml(text, "params.yaml")).features
+    test_frame = model_inputs(pd.read_parquet(trained_pipeline.test_split), typed)
     return ApiRegistry(
         tracking_uri=uri,
         model_name=name,

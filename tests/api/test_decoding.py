@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ConfigDict, Field, ValidationError, create_model
 
-from api.decoding import FastDecoder, UntranslatableField
+from api.fast.decoding import FastDecoder, UntranslatableField
 from api.loading import load_local
 from api.predictor import columns_of
-from api.schema import RequestModels
+from api.requests import RequestModels
 
 pytestmark = pytest.mark.slow
 
@@ -155,7 +155,7 @@ RUNS = settings(max_examples=400, deadline=None, database=None, suppress_health_
 def test_what_the_fast_decoder_accepts_pydantic_accepts_with_the_same_values(
     requests, metadata, kind, bodies
 ):
-    fast_decode = requests.fast.record if kind == "record" else requests.fast.batch
+    fast_decode = requests.decoder.record if kind == "record" else requests.decoder.batch
     model = requests.record if kind == "record" else requests.batch
     accepted, seen = [], []
 
@@ -188,10 +188,10 @@ def test_real_rows_take_the_fast_path(api_registry, requests):
     rows = api_registry.rows(MAX_BATCH * 25)
     for start in range(0, len(rows), MAX_BATCH):
         chunk = rows[start : start + MAX_BATCH]
-        assert requests.fast.batch(json.dumps({"records": chunk}).encode()) == columns_of(
+        assert requests.decoder.batch(json.dumps({"records": chunk}).encode()) == columns_of(
             chunk, requests.columns.order
         )
-    assert all(requests.fast.record(json.dumps(row).encode()) == row for row in rows)
+    assert all(requests.decoder.record(json.dumps(row).encode()) == row for row in rows)
 
 
 @pytest.mark.parametrize(
@@ -199,7 +199,7 @@ def test_real_rows_take_the_fast_path(api_registry, requests):
     ['{"records": []}', '{"records": [' + ", ".join(["{}"] * (MAX_BATCH + 1)) + "]}", "", "[]", "{"],
 )
 def test_bodies_that_break_the_batch_rules_go_to_pydantic(requests, body):
-    assert requests.fast.batch(body.encode()) is None
+    assert requests.decoder.batch(body.encode()) is None
     assert _pydantic(requests.batch, body.encode()) is None
 
 

@@ -1,4 +1,5 @@
-"""The compiled predictor against sklearn and XGBoost themselves, on small synthetic data (no MLflow)."""
+"""The compiled predictor against sklearn and XGBoost themselves, on small synthetic data (no MLflow), and
+the load-time parity check that stands between it and traffic."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
 from xgboost import XGBClassifier
 
-from api import trees as trees_module
-from api.compiler import compile_pipeline
-from api.predictor import Columns, UnsupportedPipeline
-from api.trees import TreeEnsemble, sigmoid
+from api.fast import UnsupportedPipeline, compile_predictor, verify_parity
+from api.fast import trees as trees_module
+from api.fast.compiler import FEW_ROWS
+from api.fast.parity import parity_batch_sizes
+from api.fast.trees import TreeEnsemble, sigmoid
+from api.predictor import Columns
 
 COLUMNS = Columns(numeric=("x1", "x2"), categorical=("colour", "size"))
 TOLERANCE = 1e-6
@@ -101,12 +104,12 @@ CLASSIFIERS = {
 def test_every_route_through_the_fast_path_matches_predict_proba(family):
     train, test = frame(600, 1), frame(300, 2, unseen=True)
     fitted = pipeline(CLASSIFIERS[family]()).fit(train, target(train))
-    fast = compile_pipeline(fitted, COLUMNS, positive_label="yes")
+    fast = compile_predictor(fitted, COLUMNS, positive_index=1)
     expected = fitted.predict_proba(test)[:, 1]
     rows = rows_of(test)
-    many, unknown = fast.predict(rows)
+    many, unknown = fast.predict_rows(rows)
     np.testing.assert_allclose(many, expected, rtol=0, atol=TOLERANCE)
-    few = np.concatenate([fast.predict(rows[start : start + 5])[0] for start in range(0, len(rows), 5)])
+    few = np.concatenate([fast.predict_rows(rows[start : start + 5])[0] for start in range(0, len(rows), 5)])
     np.testing.assert_allclose(few, expected, rtol=0, atol=TOLERANCE)
     one = np.array([fast.predict_one(row)[0] for row in rows])
     np.testing.assert_allclose(one, expected, rtol=0, atol=TOLERANCE)
@@ -130,23 +133,28 @@ def test_every_route_through_the_fast_path_matches_predict_proba(family):
 def test_shapes_it_cannot_replay_are_refused(broken, reason):
     train = frame(200, 3)
     with pytest.raises(UnsupportedPipeline, match=reason):
-        compile_pipeline(broken().fit(train, target(train)), COLUMNS, positive_label="yes")
+        compile_predictor(broken().fit(train, target(train)), COLUMNS, positive_index=1)
 
 
-@pytest.mark.parametrize("complete_levels", [True, False], ids=["complete levels", "plain layout"])
-def test_the_trees_replay_xgboost_with_missing_values_and_early_stopping(complete_levels, monkeypatch):
-    if not complete_levels:  # the layout of ensembles too deep to pad
-        monkeypatch.setattr(trees_module, "COMPLETE_LEVELS_MAX_DEPTH", 0)
+def early_stopped_xgboost(max_depth: int = 5) -> tuple[XGBClassifier, np.ndarray]:
+    """A booster with missing values (default branches get used) and early stopping, and its features."""
     rng = np.random.default_rng(5)
     features = rng.normal(size=(800, 6))
     labels = (features[:, 0] + features[:, 1] ** 2 > 1).astype(int)
-    features[rng.random(features.shape) < 0.15] = np.nan  # default branches get used
-    model = XGBClassifier(n_estimators=60, max_depth=5, n_jobs=1, early_stopping_rounds=5, random_state=0)
+    features[rng.random(features.shape) < 0.15] = np.nan
+    model = XGBClassifier(
+        n_estimators=60, max_depth=max_depth, n_jobs=1, early_stopping_rounds=5, random_state=0
+    )
     model.fit(features[:600], labels[:600], eval_set=[(features[600:], labels[600:])], verbose=False)
+    return model, features
+
+
+def test_the_trees_replay_xgboost_with_missing_values_and_early_stopping():
+    model, features = early_stopped_xgboost()
     booster = model.get_booster()
     iterations = (0, model.best_iteration + 1)
     trees = TreeEnsemble(booster, iterations)
-    assert (trees._levels is not None) == complete_levels
+    assert trees.levels is not None
     expected = booster.inplace_predict(features, iteration_range=iterations, missing=np.nan)
     np.testing.assert_allclose(trees.predict(features), expected, rtol=0, atol=TOLERANCE)
     complete = features[~np.isnan(features).any(axis=1)]
@@ -154,6 +162,50 @@ def test_the_trees_replay_xgboost_with_missing_values_and_early_stopping(complet
     np.testing.assert_allclose(
         [trees.predict_row(row) for row in complete], expected_complete, atol=TOLERANCE
     )
+
+
+def test_trees_too_deep_to_pad_serve_one_record_through_the_few_rows_walk(monkeypatch):
+    monkeypatch.setattr(trees_module, "COMPLETE_LEVELS_MAX_DEPTH", 0)
+    train, test = frame(600, 1), frame(200, 2)
+    fitted = pipeline(CLASSIFIERS["xgboost"]()).fit(train, target(train))
+    fast = compile_predictor(fitted, COLUMNS, positive_index=1)
+    booster = fitted.named_steps["classifier"].get_booster()
+    assert TreeEnsemble(booster, (0, 0)).levels is None
+    one = np.array([fast.predict_one(row)[0] for row in rows_of(test)])
+    np.testing.assert_allclose(one, fitted.predict_proba(test)[:, 1], rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("family", list(CLASSIFIERS))
+def test_the_parity_check_tries_every_route_the_predictor_serves(family, monkeypatch):
+    train, test = frame(600, 1), frame(300, 2)
+    fitted = pipeline(CLASSIFIERS[family]()).fit(train, target(train))
+    fast = compile_predictor(fitted, COLUMNS, positive_index=1)
+    assert fast.batch_limits == ((FEW_ROWS,) if family == "xgboost" else ())
+    sizes: list[int] = []
+    score = fast.score
+    monkeypatch.setattr(fast, "score", lambda matrix: sizes.append(len(matrix)) or score(matrix))
+    rows = rows_of(test)
+    assert verify_parity(fast, rows, fitted.predict_proba(test)[:, 1]) <= TOLERANCE
+    # Each route below a limit gets a batch of exactly its largest size; the last one a larger batch.
+    assert set(fast.batch_limits) <= set(sizes)
+    assert max(sizes) == len(rows) > max(fast.batch_limits, default=0)
+    assert parity_batch_sizes(fast, len(rows)) == sorted({*fast.batch_limits, len(rows)})
+    # A probe smaller than a limit is repeated until it reaches past it.
+    sizes.clear()
+    verify_parity(fast, rows[:3], fitted.predict_proba(test.head(3))[:, 1])
+    assert max(sizes) > max(fast.batch_limits, default=0)
+
+
+def test_the_parity_check_catches_a_route_that_goes_wrong(monkeypatch):
+    train, test = frame(600, 1), frame(300, 2)
+    fitted = pipeline(CLASSIFIERS["xgboost"]()).fit(train, target(train))
+    expected = fitted.predict_proba(test)[:, 1]
+    walk = TreeEnsemble.predict
+    monkeypatch.setattr(TreeEnsemble, "predict", lambda self, matrix: walk(self, matrix) + 0.01)
+    fast = compile_predictor(fitted, COLUMNS, positive_index=1)
+    assert verify_parity(fast, rows_of(test), expected) == pytest.approx(0.01, abs=1e-6)
+    with pytest.raises(UnsupportedPipeline, match="no rows"):
+        verify_parity(fast, [], expected[:0])
 
 
 def test_sigmoid_is_stable_at_both_ends():

@@ -144,7 +144,7 @@ def test_the_schema_follows_the_model(own_registry, tmp_path):
 
 
 def exported_model(registry, dest: Path) -> Path:
-    """What CI bakes into the image (`python -m stages.export_model`): the production version downloaded
+    """What CI bakes into the image (`python -m stages.ci.export_model`): the production version downloaded
     from `models:/<name>/<version>`, which leaves MLflow's `registered_model_meta` next to the model."""
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(registry.tracking_uri)  # `models:/` URIs resolve against the global store

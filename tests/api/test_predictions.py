@@ -7,7 +7,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from tests.api.support import CHALLENGER_ALIAS, PARITY_TOLERANCE, serving
+from tests.api.support import CHALLENGER_ALIAS, PARITY_TOLERANCE, negative_and_positive, serving
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def served(request, api_registry):
 
 
 def labels_for(api_registry, probabilities: np.ndarray) -> list[str]:
-    negative, positive = api_registry.features["labels"]
+    negative, positive = negative_and_positive(api_registry.features)
     return [positive if probability > 0.5 else negative for probability in probabilities]
 
 
@@ -42,7 +42,7 @@ def test_predict_matches_the_logged_model_row_by_row(served, api_registry):
     np.testing.assert_allclose(probabilities, expected, rtol=0, atol=PARITY_TOLERANCE)
     assert [answer.json()["label"] for answer in answers] == labels_for(api_registry, expected)
     pipeline_labels = api_registry.pipeline(version).predict(api_registry.test_frame)
-    negative, positive = api_registry.features["labels"]
+    negative, positive = negative_and_positive(api_registry.features)
     assert [answer.json()["label"] for answer in answers] == [
         positive if y else negative for y in pipeline_labels
     ]

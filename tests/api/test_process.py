@@ -1,7 +1,9 @@
-"""The service as a real process (`python -m api`, uvicorn with uvloop and httptools) over real HTTP."""
+"""The service as a real process over real HTTP: `python -m api` (uvicorn with uvloop and httptools), the
+image's command, and plain `uvicorn api.main:create_app --factory`."""
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import urllib.request
@@ -13,8 +15,9 @@ import pytest
 from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.process import ENVIRONMENT
 from tests.api.support import PARITY_TOLERANCE
-from tests.support.processes import REPO_ROOT, free_port, running, subprocess_env, wait_for_http
+from tests.support.processes import REPO_ROOT, VENV_BIN, free_port, running, subprocess_env, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -117,3 +120,33 @@ def test_a_baked_in_model_serves_with_no_registry(api_registry, tmp_path):
             api_registry.expected(api_registry.production, 1)[0], abs=PARITY_TOLERANCE
         )
         assert json.loads(get(f"{base}/model"))["source"] == str(model_dir)
+
+
+def test_plain_uvicorn_gets_the_process_defaults_too(api_registry, tmp_path):
+    """Started the way uvicorn's own docs say, with none of the defaults in its environment: the process
+    still runs one OpenMP thread (as the libraries themselves report it) and writes no access log."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    log_config = copy.deepcopy(LOGGING_CONFIG)  # uvicorn's own, plus the service's logger to read
+    log_config["loggers"]["api"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    (tmp_path / "log.json").write_text(json.dumps(log_config))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = subprocess_env(MODEL_URI=str(api_registry.model_dir(api_registry.production)))
+    for variable in (*ENVIRONMENT, "MODEL_NAME", "MODEL_ALIAS", "MLFLOW_TRACKING_URI"):
+        env.pop(variable, None)
+    command = [str(VENV_BIN / "uvicorn"), "api.main:create_app", "--factory", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--log-config", str(tmp_path / "log.json")]
+    with running(command, tmp_path / "api.log", env=env, cwd=REPO_ROOT) as process:
+        wait_for_http(f"{base}/ready", 120, process)
+        for row in api_registry.rows(5):
+            post(f"{base}/predict", row)
+        post(f"{base}/predict/batch", {"records": api_registry.rows(20)})
+        get(f"{base}/health")
+    text = (tmp_path / "api.log").read_text()
+    assert "Uvicorn running" in text and "serving " in text, text
+    assert "HTTP/1.1" not in text, "an access log line was written"
+    defaults = " ".join(f"{name}={value}" for name, value in ENVIRONMENT.items())
+    assert f"process defaults: {defaults}; access log off" in text
+    (loaded,) = [line for line in text.splitlines() if "verified on" in line]
+    assert "openmp threads 1" in loaded and "openmp threads 2" not in loaded, loaded

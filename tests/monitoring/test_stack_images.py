@@ -87,10 +87,12 @@ def test_the_served_model_is_the_one_params_yaml_names_in_the_makefile_compose_a
     compose = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
     environment = compose["services"]["api"]["environment"]
     assert {name: environment[name] for name in expected} == expected
-    image_env = " ".join(args for keyword, args in dockerfile_instructions(REPO_ROOT / "api" / "Dockerfile")
-                         if keyword == "ENV")  # fmt: skip
+    image = dockerfile_instructions(REPO_ROOT / "api" / "Dockerfile")
+    build_args = {args.split("=", 1)[0]: args.split("=", 1)[1] for keyword, args in image if keyword == "ARG" and "=" in args}
+    environment = " ".join(args for keyword, args in image if keyword == "ENV").split()
     for name, value in expected.items():
-        assert f"{name}={value}" in image_env.split(), f"api/Dockerfile ENV {name}"
+        assert build_args.get(name) == value, f"api/Dockerfile ARG {name}"
+        assert f"{name}=${{{name}}}" in environment, f"api/Dockerfile ENV {name}"
 
 
 def test_installs_from_the_lock_file_without_the_dev_group():

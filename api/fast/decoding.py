@@ -12,6 +12,7 @@ know means no fast decoder at all: every body goes to pydantic.
 
 from __future__ import annotations
 
+import logging
 import types
 import typing
 from operator import attrgetter
@@ -25,6 +26,7 @@ from pydantic.types import AllowInfNan
 
 from api.predictor import columns_of
 
+log = logging.getLogger(__name__)
 Row = dict[str, Any]
 
 
@@ -91,15 +93,16 @@ def _record_struct(record: type[BaseModel]) -> type[msgspec.Struct]:
 def _records_length(batch: type[BaseModel]) -> msgspec.Meta:
     if set(batch.model_fields) != {"records"} or batch.model_config.get("extra") != "forbid":
         raise UntranslatableField("the batch model is not exactly {records: [...]}")
-    lengths: dict[str, int] = {}
+    min_length: int | None = None
+    max_length: int | None = None
     for item in batch.model_fields["records"].metadata:
         if isinstance(item, annotated_types.MinLen):
-            lengths["min_length"] = item.min_length
+            min_length = item.min_length
         elif isinstance(item, annotated_types.MaxLen):
-            lengths["max_length"] = item.max_length
+            max_length = item.max_length
         else:
             raise UntranslatableField(f"records constraint {item!r}")
-    return msgspec.Meta(**lengths)
+    return msgspec.Meta(min_length=min_length, max_length=max_length)
 
 
 class FastDecoder:
@@ -116,8 +119,8 @@ class FastDecoder:
             gc=False,
         )
         self._names = tuple(record.model_fields)
-        self._record = msgspec.json.Decoder(struct)
-        self._batch = msgspec.json.Decoder(batch_struct)
+        self._record: msgspec.json.Decoder[Any] = msgspec.json.Decoder(struct)
+        self._batch: msgspec.json.Decoder[Any] = msgspec.json.Decoder(batch_struct)
 
     def record(self, body: bytes) -> Row | None:
         try:
@@ -131,3 +134,12 @@ class FastDecoder:
         except msgspec.MsgspecError:
             return None
         return columns_of(records, self._names, attrgetter)
+
+
+def compile_decoder(record: type[BaseModel], batch: type[BaseModel]) -> FastDecoder | None:
+    """The fast decoder for these request models, or None when pydantic must validate every body."""
+    try:
+        return FastDecoder(record, batch)
+    except UntranslatableField as error:
+        log.warning("no fast decoder for this schema (%s): pydantic validates every request", error)
+        return None

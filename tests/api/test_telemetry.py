@@ -1,4 +1,4 @@
-"""/metrics after traffic: the instrumentator's request metrics with fine buckets, and the model's own."""
+"""/metrics after traffic: the request metrics with fine buckets, and the model's own."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import dataclasses
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from api.metrics import LATENCY_BUCKETS, PROBABILITY_BUCKETS, observe_many
-from tests.api.support import metric, metric_samples, serving
+from api.telemetry import LATENCY_BUCKETS, PROBABILITY_BUCKETS, BatchHistogram
+from tests.api.support import metric, metric_samples, negative_and_positive, serving
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_model_metrics_after_traffic(traffic, api_registry):
     predicted = SINGLE + BATCH_ROWS
     assert metric(samples, "model_inference_seconds_count") == SINGLE + 1
     assert metric(samples, "predictions_total") == predicted
-    negative, positive = api_registry.features["labels"]
+    negative, positive = negative_and_positive(api_registry.features)
     positives = sum(1 for probability in probabilities if probability > 0.5)
     assert metric(samples, "predictions_total", label=positive) == positives
     assert metric(samples, "predictions_total", label=negative) == predicted - positives
@@ -100,10 +100,28 @@ def test_metrics_are_not_counted_as_traffic(traffic):
 
 
 class Exploding:
+    """A predictor that fails where the service calls it, as a bug in a predictor would."""
+
     kind = "exploding"
 
-    def predict(self, rows):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def _boom(self, call: str) -> None:
+        self.calls.append(call)
         raise RuntimeError("boom")
+
+    def prepare(self, columns):
+        self._boom("prepare")
+
+    def score(self, prepared):
+        self._boom("score")
+
+    def predict_rows(self, rows):
+        self._boom("predict_rows")
+
+    def predict_one(self, row):
+        self._boom("predict_one")
 
 
 def test_an_unhandled_exception_is_a_500_counted_as_5xx(api_registry):
@@ -111,29 +129,40 @@ def test_an_unhandled_exception_is_a_500_counted_as_5xx(api_registry):
         api_registry.settings(model_uri=str(api_registry.model_dir(api_registry.production)))
     ) as client:
         service = client.app.state.service
-        service.model = dataclasses.replace(service.model, predictor=Exploding())
+        exploding = Exploding()
+        service.model = dataclasses.replace(service.model, predictor=exploding)
         response = client.post("/predict", json=api_registry.rows(1)[0])
         assert response.status_code == 500
+        assert exploding.calls == ["predict_one"]  # the 500 is the predictor's RuntimeError, nothing earlier
+        batch = client.post("/predict/batch", json={"records": api_registry.rows(2)})
+        assert batch.status_code == 500 and exploding.calls == ["predict_one", "prepare"]
         samples = metric_samples(client)
         assert metric(samples, "http_requests_total", handler="/predict", status="5xx") == 1
+        assert metric(samples, "http_requests_total", handler="/predict/batch", status="5xx") == 1
         assert client.get("/health").status_code == 200
 
 
-def test_observe_many_equals_observe_one_by_one():
+def exposition(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+    return [
+        (sample.name, sample.labels, round(sample.value, 9))
+        for family in registry.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    ]
+
+
+def test_a_batch_histogram_exposes_what_a_stock_histogram_fed_one_by_one_does():
     values = np.concatenate([np.random.default_rng(7).random(500), [0.0, 0.05, 0.1, 0.95, 1.0, 2.0]])
-    one_by_one, many = CollectorRegistry(), CollectorRegistry()
-    a = Histogram("p", "p", buckets=PROBABILITY_BUCKETS, registry=one_by_one)
-    b = Histogram("p", "p", buckets=PROBABILITY_BUCKETS, registry=many)
+    stock, batched = CollectorRegistry(), CollectorRegistry()
+    one_by_one = Histogram("p", "p", buckets=PROBABILITY_BUCKETS, registry=stock)
     for value in values.tolist():
-        a.observe(value)
-    observe_many(b, values)
-
-    def samples(registry):
-        return [
-            (s.name, s.labels, round(s.value, 9))
-            for m in registry.collect()
-            for s in m.samples
-            if not s.name.endswith("_created")
-        ]
-
-    assert samples(one_by_one) == samples(many)
+        one_by_one.observe(value)
+    histogram = BatchHistogram("p", "p", PROBABILITY_BUCKETS, batched)
+    histogram.observe_many(values[:300])
+    histogram.observe_many(values[:0])
+    for value in values[300:].tolist():
+        histogram.observe(value)
+    assert exposition(batched) == exposition(stock)
+    assert generate_latest(batched) == b"".join(
+        line + b"\n" for line in generate_latest(stock).splitlines() if b"_created" not in line
+    )

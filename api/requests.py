@@ -1,23 +1,28 @@
-"""Request models built from what the model logged: its signature, its feature metadata, its input example.
+"""Request models built from what the model logged: its signature, its feature metadata, its input example;
+and the one way a prediction body is validated against them.
 
 Nothing about the features is written here. A new model with other columns, categories or ranges gets
-a new schema when it is loaded.
+a new schema when it is loaded. A body is parsed first by the fast decoder compiled from the same models
+(api.fast), then, for a body it rejects, by pydantic, whose errors are the 422 details.
 """
 
 from __future__ import annotations
 
 import keyword
-import logging
+import types
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, create_model
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
+from pydantic_core import ErrorDetails
 
-from api.decoding import FastDecoder, UntranslatableField
-from api.predictor import Columns
+from api.errors import RequestInvalid
+from api.fast import FastDecoder, compile_decoder
+from api.predictor import ColumnBatch, Columns, Row, columns_of
+from api.telemetry import BODY_FIELD, UNKNOWN_FIELD, Telemetry
 
-log = logging.getLogger(__name__)
-
+MAX_ECHOED_INPUT = 200
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
 INTEGER_TYPES = {"long", "integer"}
 STRING_TYPES = {"string"}
@@ -35,7 +40,54 @@ class RequestModels:
     example: dict[str, Any]
     batch_example: dict[str, Any]
     feature_names: frozenset[str]
-    fast: FastDecoder | None  # None: pydantic validates every body
+    decoder: FastDecoder | None  # None: pydantic validates every body
+
+    def parse_record(self, body: bytes, telemetry: Telemetry) -> Row:
+        """The validated record, keyed by feature name. Raises RequestInvalid, its fields counted."""
+        if self.decoder is not None:
+            decoded = self.decoder.record(body)
+            if decoded is not None:
+                return decoded
+        return dict(self._validate(self.record, body, telemetry).__dict__)
+
+    def parse_batch(self, body: bytes, telemetry: Telemetry) -> ColumnBatch:
+        """The validated batch, by column. Raises RequestInvalid, its fields counted."""
+        if self.decoder is not None:
+            decoded = self.decoder.batch(body)
+            if decoded is not None:
+                return decoded
+        validated = self._validate(self.batch, body, telemetry)
+        return columns_of(validated.records, self.columns.order, attrgetter)
+
+    def _validate(self, model: type[BaseModel], body: bytes, telemetry: Telemetry) -> Any:
+        # Not valid to the fast decoder: pydantic decides, and its errors are the 422 details.
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as error:
+            errors = error.errors(include_url=False, include_context=False)
+            for item in errors:
+                telemetry.validation_errors.labels(_field_label(item, self.feature_names)).inc()
+            raise RequestInvalid([_issue(item) for item in errors]) from None
+
+
+def _issue(error: ErrorDetails) -> dict[str, Any]:
+    issue: dict[str, Any] = {"type": error["type"], "loc": ["body", *error["loc"]], "msg": error["msg"]}
+    value = error.get("input")
+    if (
+        value is None
+        or isinstance(value, bool | int | float)
+        or (isinstance(value, str) and len(value) <= MAX_ECHOED_INPUT)
+    ):
+        issue["input"] = value  # dicts, lists and long strings (a whole body) are not echoed back
+    return issue
+
+
+def _field_label(error: ErrorDetails, features: frozenset[str]) -> str:
+    """The bounded label for request_validation_errors_total: a feature name, records, or body."""
+    for part in error["loc"]:
+        if isinstance(part, str) and part != "records":
+            return part if part in features else UNKNOWN_FIELD
+    return "records" if "records" in error["loc"] else BODY_FIELD
 
 
 def _describe_numeric(meta: dict[str, Any], nullable: bool) -> str:
@@ -99,7 +151,8 @@ def build_request_models(
     if signature is None or signature.inputs is None or not signature.inputs.has_input_names():
         raise SchemaError("the model has no column-based input signature")
     fields: dict[str, Any] = {}
-    numeric, categorical = [], []
+    numeric: list[str] = []
+    categorical: list[str] = []
     example = examples[0] if examples else {}
     for spec in signature.inputs.inputs:
         name, column_type = spec.name, str(getattr(spec.type, "name", spec.type)).lower()
@@ -116,16 +169,11 @@ def build_request_models(
         max_length=max_batch_size,
         description=f"1 to {max_batch_size} records; one prediction each, in order.",
     )
-    batch_example = {"records": examples} if examples else {}
+    batch_example: dict[str, Any] = {"records": examples} if examples else {}
     batch_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [batch_example]} if examples else None
     )
-    batch = create_model(
-        "BatchPredictionRequest", __config__=batch_config, records=(list[record], records_field)
-    )
-    try:
-        fast: FastDecoder | None = FastDecoder(record, batch)
-    except UntranslatableField as error:
-        log.warning("no fast decoder for this schema (%s): pydantic validates every request", error)
-        fast = None
-    return RequestModels(columns, record, batch, example, batch_example, frozenset(columns.order), fast)
+    records: Any = types.GenericAlias(list, (record,))  # list[record], which mypy takes for a type
+    batch = create_model("BatchPredictionRequest", __config__=batch_config, records=(records, records_field))
+    decoder = compile_decoder(record, batch)
+    return RequestModels(columns, record, batch, example, batch_example, frozenset(columns.order), decoder)

@@ -1,10 +1,10 @@
 """Turn the logged sklearn Pipeline into a FastPredictor, once, at load time.
 
 The logged model is `Pipeline([preprocess: ColumnTransformer(numeric: impute+scale, categorical:
-impute+one-hot), classifier])`. `compile_pipeline` reads the fitted parameters and replays them with plain
-Python and numpy: arithmetic for the numeric columns, a dict from category to output column for the one-hot
-block, then the booster or the trees (or a dot product and a logistic function). Anything it does not
-recognise raises `UnsupportedPipeline`, and the caller serves the generic pandas path instead.
+impute+one-hot), classifier])`. `compile_predictor` reads the fitted parameters and replays them with
+plain Python and numpy: arithmetic for the numeric columns, a dict from category to output column for the
+one-hot block, then the booster or the trees (or a dot product and a logistic function). Anything it does
+not recognise raises `UnsupportedPipeline`, and the caller serves the generic pandas path instead.
 """
 
 from __future__ import annotations
@@ -14,18 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from api.predictor import (
-    CategoricalColumn,
-    Columns,
-    FastPredictor,
-    NumericColumn,
-    UnsupportedPipeline,
-    positive_class_index,
-)
-from api.trees import TreeEnsemble, UnsupportedBooster, sigmoid
+from api.fast.predictor import CategoricalColumn, FastPredictor, NumericColumn, Scorer
+from api.fast.trees import TreeEnsemble, UnsupportedBooster, sigmoid
+from api.predictor import Columns
 
 # Up to this many rows, walking the trees with numpy beats the booster's fixed per-call cost.
 FEW_ROWS = 8
+
+
+class UnsupportedPipeline(Exception):
+    """The pipeline's shape is not one the fast path can replay exactly."""
 
 
 def _steps(transformer: Any) -> list[Any]:
@@ -95,10 +93,9 @@ def _categorical_block(
     return columns, position - offset
 
 
-def _scorer(classifier: Any, width: int, complete_rows: bool) -> tuple[str, Any, Any]:
-    """The classifier as two functions of encoded inputs, both giving P(classes_[1]): one for a float64
-    matrix (n, width) and one for a single float64 row, the hot path of a one-record request.
-    `complete_rows`: encoded rows never hold NaN (every numeric column is imputed)."""
+def _scorer(classifier: Any, width: int, complete_rows: bool) -> Scorer:
+    """The classifier as functions of encoded inputs giving P(classes_[1]). `complete_rows`: encoded rows
+    never hold NaN (every numeric column is imputed)."""
     from sklearn.linear_model import LogisticRegression
 
     if getattr(classifier, "n_features_in_", width) != width or len(classifier.classes_) != 2:
@@ -108,46 +105,57 @@ def _scorer(classifier: Any, width: int, complete_rows: bool) -> tuple[str, Any,
         intercept = float(np.asarray(classifier.intercept_).reshape(-1)[0])
 
         def linear(matrix: np.ndarray) -> np.ndarray:
-            return 1.0 / (1.0 + np.exp(-(matrix @ weights + intercept)))
+            return np.asarray(1.0 / (1.0 + np.exp(-(matrix @ weights + intercept))))
 
         def linear_one(row: np.ndarray) -> float:
             return sigmoid(float(row @ weights) + intercept)
 
-        return "fast-linear", linear, linear_one
+        return Scorer("fast-linear", linear, linear_one)
     from xgboost import XGBClassifier
 
     if type(classifier) is XGBClassifier:
-        if classifier.get_params().get("objective") != "binary:logistic":
-            raise UnsupportedPipeline(f"xgboost objective {classifier.get_params().get('objective')!r}")
-        booster = classifier.get_booster()
-        # A loaded booster forgets n_jobs and would use every core: on a small box that means latency spikes.
-        booster.set_param({"nthread": 1})
-        try:
-            iterations = (0, classifier.best_iteration + 1)
-        except AttributeError:  # no early stopping: every tree
-            iterations = (0, 0)
-        try:
-            trees: TreeEnsemble | None = TreeEnsemble(booster, iterations)
-        except UnsupportedBooster:
-            trees = None
-
-        def boosted(matrix: np.ndarray) -> np.ndarray:
-            if trees is not None and matrix.shape[0] <= FEW_ROWS:
-                return trees.predict(matrix)
-            return booster.inplace_predict(
-                matrix, iteration_range=iterations, missing=np.nan, validate_features=False
-            )
-
-        def boosted_one(row: np.ndarray) -> float:
-            if trees is not None and complete_rows:
-                return trees.predict_row(row)
-            return float(boosted(row[None, :])[0])
-
-        return "fast-xgboost", boosted, boosted_one
+        return _boosted_scorer(classifier, complete_rows)
     raise UnsupportedPipeline(f"classifier {type(classifier).__name__}")
 
 
-def compile_pipeline(pipeline: Any, columns: Columns, positive_label: str) -> FastPredictor:
+def _boosted_scorer(classifier: Any, complete_rows: bool) -> Scorer:
+    if classifier.get_params().get("objective") != "binary:logistic":
+        raise UnsupportedPipeline(f"xgboost objective {classifier.get_params().get('objective')!r}")
+    booster = classifier.get_booster()
+    # A loaded booster forgets n_jobs and would use every core: on a small box that means latency spikes.
+    booster.set_param({"nthread": 1})
+    try:
+        iterations = (0, classifier.best_iteration + 1)
+    except AttributeError:  # no early stopping: every tree
+        iterations = (0, 0)
+
+    def booster_score(matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(
+            booster.inplace_predict(
+                matrix, iteration_range=iterations, missing=np.nan, validate_features=False
+            )
+        )
+
+    def booster_one(row: np.ndarray) -> float:
+        return float(booster_score(row[None, :])[0])
+
+    try:
+        trees = TreeEnsemble(booster, iterations)
+    except UnsupportedBooster:
+        return Scorer("fast-xgboost", booster_score, booster_one)
+
+    def boosted(matrix: np.ndarray) -> np.ndarray:
+        return trees.predict(matrix) if matrix.shape[0] <= FEW_ROWS else booster_score(matrix)
+
+    def boosted_one(row: np.ndarray) -> float:
+        return float(boosted(row[None, :])[0])
+
+    one = trees.predict_row if trees.levels is not None and complete_rows else boosted_one
+    return Scorer("fast-xgboost", boosted, one, batch_limits=(FEW_ROWS,))
+
+
+def compile_predictor(pipeline: Any, columns: Columns, positive_index: int) -> FastPredictor:
+    """`positive_index`: the column of `predict_proba` that is the positive label's."""
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
 
@@ -168,12 +176,12 @@ def compile_pipeline(pipeline: Any, columns: Columns, positive_label: str) -> Fa
         names = list(selected)
         steps = _steps(transformer)
         if set(names) <= set(columns.numeric):
-            block = _numeric_block(steps, names, width)
-            numeric.extend(block)
-            width += len(block)
+            numeric_block = _numeric_block(steps, names, width)
+            numeric.extend(numeric_block)
+            width += len(numeric_block)
         elif set(names) <= set(columns.categorical):
-            block, block_width = _categorical_block(steps, names, width)
-            categorical.extend(block)
+            categorical_block, block_width = _categorical_block(steps, names, width)
+            categorical.extend(categorical_block)
             width += block_width
         else:
             raise UnsupportedPipeline(f"a block mixes numeric and categorical columns: {names}")
@@ -181,6 +189,6 @@ def compile_pipeline(pipeline: Any, columns: Columns, positive_label: str) -> Fa
     if sorted(covered) != sorted(columns.order):
         raise UnsupportedPipeline("the ColumnTransformer does not use every input column exactly once")
     complete_rows = all(math.isfinite(column.fill) for column in numeric)
-    kind, score, score_one = _scorer(classifier, width, complete_rows)
-    flip = positive_class_index(classifier.classes_, positive_label) == 0
-    return FastPredictor(kind, width, numeric, categorical, score, score_one, flip)
+    return FastPredictor(
+        width, numeric, categorical, _scorer(classifier, width, complete_rows), positive_index == 0
+    )

@@ -1,0 +1,34 @@
+"""A FastAPI route for endpoints that take the Request and return the Response themselves."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
+
+
+class DirectRoute(APIRoute):
+    """FastAPI's handler would solve dependencies and serialise a return value for the endpoint: about
+    30 µs of a 200 µs request, with nothing to do here. With this route class the endpoint is the handler.
+    It stays an APIRoute, so the OpenAPI document lists it with its response models as usual.
+
+    Dependencies would never run, and any parameter but the request would never be filled, so an endpoint
+    that declares either is refused when the route is registered, not on its first request."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        parameters = list(inspect.signature(endpoint).parameters)
+        if self.dependant.dependencies or parameters != [self.dependant.request_param_name]:
+            name = getattr(endpoint, "__qualname__", repr(endpoint))
+            raise TypeError(
+                f"DirectRoute {path}: {name} must take exactly one parameter, the Request, and declare no "
+                f"dependencies (it has parameters {parameters} and "
+                f"{len(self.dependant.dependencies)} dependencies)"
+            )
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return self.endpoint

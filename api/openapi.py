@@ -1,0 +1,67 @@
+"""The OpenAPI document that follows the served model.
+
+The prediction routes validate bodies themselves, with the request models of the model that serves right
+now (FastAPI's own body handling would freeze the schema at startup, before the model is even known), so
+FastAPI cannot document their bodies. This puts them in: the served model's request schemas, with an
+example taken from its input example. The document is rebuilt when another model serves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
+
+from api.loading import ServedModel
+from api.responses import JSON
+from api.service import ModelService
+
+PREDICTION_PATHS = ("/predict", "/predict/batch")
+
+
+def with_request_bodies(document: dict[str, Any], model: ServedModel | None) -> dict[str, Any]:
+    """Put the served model's request schema, and an example taken from its input example, into the spec."""
+    paths = document["paths"]
+    if model is None:
+        placeholder = {"type": "object", "description": "The schema appears once a model is loaded."}
+        for path in PREDICTION_PATHS:
+            paths[path]["post"]["requestBody"] = {
+                "required": True,
+                "content": {JSON: {"schema": placeholder}},
+            }
+        return document
+    requests = model.requests
+    _, top = models_json_schema(
+        [(requests.record, "validation"), (requests.batch, "validation")],
+        ref_template="#/components/schemas/{model}",
+    )
+    document.setdefault("components", {}).setdefault("schemas", {}).update(top.get("$defs", {}))
+    for path, schema_name, example in (
+        ("/predict", requests.record.__name__, requests.example),
+        ("/predict/batch", requests.batch.__name__, requests.batch_example),
+    ):
+        content: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}
+        if example:
+            content["example"] = example
+        paths[path]["post"]["requestBody"] = {"required": True, "content": {JSON: content}}
+    return document
+
+
+def install(app: FastAPI, service: ModelService) -> None:
+    """`app.openapi` replaced, as FastAPI documents for extending the schema; cached per served model."""
+    described: object = object()  # the model the cached document describes (none yet)
+
+    def openapi() -> dict[str, Any]:
+        nonlocal described
+        model = service.model
+        if app.openapi_schema is None or described is not model:
+            document = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            app.openapi_schema = with_request_bodies(document, model)
+            described = model
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

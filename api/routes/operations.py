@@ -1,0 +1,95 @@
+"""GET /health, /ready, /model and /metrics: what operators, orchestrators and Prometheus ask."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.loading import ServedModel
+from api.responses import ErrorResponse, HealthResponse, ModelResponse, ReadyResponse
+from api.routes import service_of
+
+log = logging.getLogger(__name__)
+METRIC_TAG_PREFIX = "metric."
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", response_model=HealthResponse, summary="Liveness")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/ready",
+    response_model=ReadyResponse,
+    summary="Readiness",
+    responses={503: {"model": ReadyResponse, "description": "No model yet; `reason` says why."}},
+)
+async def ready(request: Request) -> Response:
+    service = service_of(request)
+    model = service.model
+    if model is None:
+        return JSONResponse({"status": "not ready", "reason": service.not_ready_reason}, status_code=503)
+    return JSONResponse(
+        {"status": "ready", "model_name": model.registry.name, "model_version": model.registry.version}
+    )
+
+
+@router.get(
+    "/model",
+    response_model=ModelResponse,
+    summary="The model being served",
+    responses={503: {"model": ErrorResponse, "description": "No model is loaded yet."}},
+)
+async def model_card(request: Request) -> Response:
+    return JSONResponse(describe(service_of(request).require_model()))
+
+
+# Our own route, not a library's: it documents the answer as Prometheus text, not JSON. A plain `def`, so
+# the collection (it reads /proc) runs in a worker thread.
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+def metrics(request: Request) -> Response:
+    registry = service_of(request).telemetry.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def describe(model: ServedModel) -> dict[str, Any]:
+    """The /model card: the version's lineage from its registry tags, and how it serves."""
+    registry, tags = model.registry, model.registry.tags
+    return {
+        "name": registry.name,
+        "version": registry.version,
+        "alias": registry.alias,
+        "run_id": registry.run_id,
+        "source": registry.source,
+        "git_sha": tags.get("git_sha"),
+        "data_hash": tags.get("data_hash"),
+        "status": tags.get("status"),
+        "dvc_exp_name": tags.get("dvc_exp_name"),
+        "metrics": _metrics_from_tags(tags),
+        "loaded_at": model.loaded_at.isoformat(),
+        "predictor": model.predictor.kind,
+        "fallback_reason": model.fallback_reason,
+        "max_parity_error": model.max_parity_error,
+        "positive_label": model.labels[1],
+        "decision_threshold": model.threshold,
+    }
+
+
+def _metrics_from_tags(tags: dict[str, str]) -> dict[str, float]:
+    """The test-split metrics (roc_auc, ...) the pipeline wrote as `metric.*` tags."""
+    metrics = {}
+    for key, value in tags.items():
+        if key.startswith(METRIC_TAG_PREFIX):
+            try:
+                metrics[key.removeprefix(METRIC_TAG_PREFIX)] = float(value)
+            except ValueError:
+                log.warning("tag %s=%r is not a number; left out of /model", key, value)
+    return metrics

@@ -1,0 +1,60 @@
+"""POST /predict and /predict/batch: the body read within its limit, validated against the request models
+of the model that serves right now, scored, and written back without FastAPI's serialisation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.bodies import read_request_body
+from api.fast import DirectRoute
+from api.responses import (
+    JSON,
+    BatchPredictionResponse,
+    ErrorResponse,
+    PredictionResponse,
+    ValidationErrorResponse,
+    batch_body,
+    prediction_body,
+)
+from api.routes import service_of
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "The body is larger than MAX_BODY_BYTES."},
+    422: {"model": ValidationErrorResponse, "description": "Field-level validation errors."},
+    503: {"model": ErrorResponse, "description": "No model is loaded yet; the detail says why."},
+}
+
+router = APIRouter(tags=["predictions"], route_class=DirectRoute, responses=RESPONSES)
+
+
+# Each endpoint takes the model once and uses it throughout, so a reload in the middle of a request cannot
+# pair one model's schema with another's predictor.
+@router.post("/predict", response_model=PredictionResponse, summary="Predict one record")
+async def predict(request: Request) -> Response:
+    service = service_of(request)
+    model = service.require_model()
+    body = await read_request_body(request, service.settings.max_body_bytes)
+    row = model.requests.parse_record(body, service.telemetry)
+    label, probability = service.score_one(model, row)
+    registry = model.registry
+    return Response(prediction_body(label, probability, registry.name, registry.version), media_type=JSON)
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchPredictionResponse,
+    summary="Predict up to MAX_BATCH_SIZE records, in order",
+)
+async def predict_batch(request: Request) -> Response:
+    service = service_of(request)
+    model = service.require_model()
+    body = await read_request_body(request, service.settings.max_body_bytes)
+    columns = model.requests.parse_batch(body, service.telemetry)
+    probabilities, positive = await service.score_batch(model, columns)
+    registry = model.registry
+    answer = batch_body(registry.name, registry.version, model.labels, probabilities, positive)
+    return Response(answer, media_type=JSON)
