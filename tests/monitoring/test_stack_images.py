@@ -88,7 +88,11 @@ def test_the_served_model_is_the_one_params_yaml_names_in_the_makefile_compose_a
     environment = compose["services"]["api"]["environment"]
     assert {name: environment[name] for name in expected} == expected
     image = dockerfile_instructions(REPO_ROOT / "api" / "Dockerfile")
-    build_args = {args.split("=", 1)[0]: args.split("=", 1)[1] for keyword, args in image if keyword == "ARG" and "=" in args}
+    build_args = {
+        args.split("=", 1)[0]: args.split("=", 1)[1]
+        for keyword, args in image
+        if keyword == "ARG" and "=" in args
+    }
     environment = " ".join(args for keyword, args in image if keyword == "ENV").split()
     for name, value in expected.items():
         assert build_args.get(name) == value, f"api/Dockerfile ARG {name}"
