@@ -72,9 +72,13 @@ def test_the_decision_threshold_logged_with_the_model_decides_the_label(api_regi
         assert (card["positive_label"], card["decision_threshold"]) == (positive, threshold)
 
 
-def test_a_model_logged_without_a_threshold_uses_one_half(api_registry):
-    assert "decision_threshold" not in api_registry.metadata(api_registry.production)
-    with serving(api_registry.settings()) as client:
+def test_a_model_logged_without_a_threshold_uses_one_half(api_registry, tmp_path):
+    """Models registered before the threshold travelled with the metadata."""
+    model_dir = changed_model(api_registry, tmp_path / "no-threshold")
+    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    del mlmodel["metadata"]["feature_metadata"]["decision_threshold"]
+    (model_dir / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    with serving(api_registry.settings(model_uri=str(model_dir))) as client:
         assert client.get("/model").json()["decision_threshold"] == 0.5
 
 

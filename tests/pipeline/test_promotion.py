@@ -132,9 +132,9 @@ def test_bad_data_stops_before_training_and_leaves_the_registry_alone(registry_c
         "income": ["<=50K", "<=50K", ">50K", "<=50K"] * 300,
     })  # fmt: skip
     frame["age"] = frame["age"] + (frame.index % 7)  # distinct rows, so only the range check can fail
-    source = workdir / "data" / "raw.csv"
+    source = workdir / "data" / "raw" / "bad.csv"
     frame.to_csv(source, index=False)
-    set_params(workdir, {"data.source": "data/raw.csv", "data.index_column": None, "data.sample_rows": None,
+    set_params(workdir, {"data.source": "data/raw/bad.csv", "data.read.index_column": None, "data.sample_rows": None,
                          "data.sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
                          "validate.min_rows": {"train": 100, "val": 10, "test": 10}})  # fmt: skip
     runs_before = len(mlflow.search_runs(search_all_experiments=True))
