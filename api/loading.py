@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from api.fast import UnsupportedPipeline, compile_predictor, synthetic_rows, verify_parity
-from api.predictor import GenericPredictor, Predictor
+from api.predictor import GenericPredictor, Label, Predictor
 from api.process import native_threads
 from api.registry import RegistryVersion, downloaded, local_model
 from api.requests import RequestModels, build_request_models
@@ -37,7 +37,7 @@ class ServedModel:
     predictor: Predictor
     fallback_reason: str | None  # why the generic path serves; None when the compiled one does
     requests: RequestModels
-    labels: tuple[str, str]  # (negative, positive)
+    labels: tuple[Label, Label]  # (negative, positive), each in the target's own JSON type
     threshold: float  # the positive label when P(positive) > threshold
     # The logged contract and training distributions (drift monitoring reads them).
     feature_metadata: dict[str, Any]
@@ -60,29 +60,47 @@ def load_local(settings: Settings) -> ServedModel:
         return build(path, registered, settings)
 
 
-def decision_rule(metadata: dict[str, Any]) -> tuple[tuple[str, str], float]:
+def decision_rule(metadata: dict[str, Any]) -> tuple[tuple[Label, Label], float]:
     """(negative, positive) labels and the decision threshold. The probabilities are P(positive_label), so
-    the positive label is named by `positive_label`, never by its place in `labels`."""
+    the positive label is named by `positive_label`, never by its place in `labels`. Labels keep their
+    JSON type (text, a whole number, a boolean): the answers carry them as the training data had them."""
     labels, positive = metadata.get("labels"), metadata.get("positive_label")
-    if not isinstance(labels, list) or len(labels) != 2 or labels[0] == labels[1]:
-        raise ModelCheckFailed(f"metadata['labels'] must hold two different labels, not {labels!r}")
-    if positive not in labels:
+    if (
+        not isinstance(labels, list)
+        or len(labels) != 2
+        or labels[0] == labels[1]
+        or type(labels[0]) is not type(labels[1])
+        or not isinstance(labels[0], str | int)  # bool is an int
+    ):
+        raise ModelCheckFailed(
+            f"metadata['labels'] must hold two different labels of one type, not {labels!r}"
+        )
+    if type(positive) is not type(labels[0]) or positive not in labels:
         raise ModelCheckFailed(f"the positive label {positive!r} is not one of the labels {labels}")
     (negative,) = [label for label in labels if label != positive]
     threshold = metadata.get("decision_threshold", DEFAULT_DECISION_THRESHOLD)
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 < threshold < 1.0:
         raise ModelCheckFailed(f"the decision threshold {threshold!r} is not a number in (0, 1)")
-    return (str(negative), str(positive)), float(threshold)
+    return (negative, positive), float(threshold)
 
 
-def positive_class_index(classes: Sequence[Any], positive_label: str) -> int:
-    """Which predict_proba column is the positive label's: classes are stored as 0/1 or as the label text."""
+def positive_class_index(classes: Sequence[Any], positive_class: Any, positive_label: Label) -> int:
+    """Which predict_proba column is the positive label's. The pipeline says which of its classes means
+    the positive label (`positive_class`: this project's pipelines are fitted on 1 = positive, 0 = not);
+    a pipeline logged without it is taken to be fitted on the label values themselves."""
     classes = list(classes)
-    if positive_label in classes:
-        return classes.index(positive_label)
-    if 1 in classes:
-        return classes.index(1)
-    raise ModelCheckFailed(f"neither {positive_label!r} nor 1 is among the classes {classes}")
+    wanted = positive_label if positive_class is None else positive_class
+    matches = [index for index, value in enumerate(classes) if _same_class(value, wanted)]
+    if len(matches) == 1:
+        return matches[0]
+    raise ModelCheckFailed(
+        f"the positive class {wanted!r} is not exactly one of the pipeline's classes {classes}"
+    )
+
+
+def _same_class(value: Any, wanted: Any) -> bool:
+    """Equal, and both booleans or neither: True == 1 in Python, but a boolean label is not the class 1."""
+    return isinstance(value, bool | np.bool_) == isinstance(wanted, bool) and bool(value == wanted)
 
 
 def build(path: Path, registered: RegistryVersion, settings: Settings) -> ServedModel:
@@ -103,7 +121,7 @@ def build(path: Path, registered: RegistryVersion, settings: Settings) -> Served
     known = {
         name: set(metadata["categorical"].get(name, {}).get("categories", [])) for name in columns.categorical
     }
-    positive_index = positive_class_index(pipeline.classes_, labels[1])
+    positive_index = positive_class_index(pipeline.classes_, metadata.get("positive_class"), labels[1])
     generic = GenericPredictor(pipeline, columns, known, positive_index)
     probe = examples + synthetic_rows(metadata, columns, settings.verify_rows)
     expected, _ = generic.predict_rows(probe)

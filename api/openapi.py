@@ -46,6 +46,15 @@ def with_request_bodies(document: dict[str, Any], model: ServedModel | None) -> 
         if example:
             content["example"] = example
         paths[path]["post"]["requestBody"] = {"required": True, "content": {JSON: content}}
+    schemas = document["components"]["schemas"]
+    for response in ("PredictionResponse", "BatchItem"):
+        # The answer's label is one of this model's two labels, in their own JSON type.
+        label = schemas[response]["properties"]["label"]
+        schemas[response]["properties"]["label"] = {
+            "title": label.get("title", "Label"),
+            "description": label.get("description", ""),
+            "enum": list(model.labels),
+        }
     return document
 
 

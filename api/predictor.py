@@ -11,6 +11,8 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+# A label in the target's own JSON type: text, a whole number (0/1, 1/2) or a boolean.
+Label = str | int | bool
 Row = Mapping[str, Any]
 # A batch by column: feature name -> its values, one per row, in order. This is how a batch arrives from the
 # decoder and how both predictors consume it; rows convert with `columns_of`.

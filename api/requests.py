@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, WithJsonSchema, create_model
 from pydantic_core import ErrorDetails
 
 from api.errors import RequestInvalid
@@ -126,11 +126,16 @@ def _field(
             constraints["ge"] = numeric_meta["min"]
         if numeric_meta and numeric_meta.get("max") is not None:
             constraints["le"] = numeric_meta["max"]
-        if column_type in INTEGER_TYPES or str(meta.get("dtype", "")).startswith(("int", "uint")):
-            # A whole number, as JSON Schema says it: 42 and 42.0 are both fine, 42.5 is not.
+        whole = column_type in INTEGER_TYPES or str(meta.get("dtype", "")).startswith(("int", "uint"))
+        documented: list[Any] = []
+        if whole:
+            # A whole number: 42 and 42.0 are both accepted, 42.5 is not. The document says `integer`
+            # (not pydantic's `number` with `multipleOf: 1`), with integer examples.
             constraints["multiple_of"] = 1
+            documented.append(WithJsonSchema(_integer_schema(numeric_meta or {})))
+            examples = None if examples is None else [_whole(value) for value in examples]
         # Strict: a JSON number only; "42" and true are wrong types, not numbers.
-        annotation: Any = Annotated[float, Strict(), Field(**constraints)]
+        annotation: Any = Annotated[float, Strict(), Field(**constraints), *documented]
         description = _describe_numeric(numeric_meta or {}, nullable)
     elif column_type in STRING_TYPES:
         allowed = (categorical_meta or {}).get("allowed")
@@ -142,6 +147,24 @@ def _field(
         annotation = annotation | None
     # Required even when nullable: a missing key is a client bug, an explicit null is a missing value.
     return annotation, Field(..., description=description, examples=examples)
+
+
+def _is_whole(name: str, metadata: dict[str, Any]) -> bool:
+    return str(metadata.get("numeric", {}).get(name, {}).get("dtype", "")).startswith(("int", "uint"))
+
+
+def _integer_schema(meta: dict[str, Any]) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer"}
+    if meta.get("min") is not None:
+        schema["minimum"] = _whole(meta["min"])
+    if meta.get("max") is not None:
+        schema["maximum"] = _whole(meta["max"])
+    return schema
+
+
+def _whole(value: Any) -> Any:
+    """42.0 as 42, for the document's examples; anything else as it is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def build_request_models(
@@ -161,6 +184,11 @@ def build_request_models(
         fields[name] = _field(name, column_type, spec.required, metadata, example.get(name))
         (numeric if column_type in NUMERIC_TYPES else categorical).append(name)
     columns = Columns(numeric=tuple(numeric), categorical=tuple(categorical))
+    whole = {name for name in numeric if _is_whole(name, metadata)}
+    example = {name: _whole(value) if name in whole else value for name, value in example.items()}
+    examples = [
+        {name: _whole(value) if name in whole else value for name, value in row.items()} for row in examples
+    ]
     config = ConfigDict(extra="forbid", json_schema_extra={"examples": [example]} if example else None)
     record = create_model("PredictionRequest", __config__=config, **fields)
     records_field = Field(

@@ -11,22 +11,27 @@ from pydantic import BaseModel, Field
 from pydantic_core import to_json
 from starlette.responses import Response
 
+from api.predictor import Label
+
 JSON = "application/json"
 
 
+LABEL_DESCRIPTION = (
+    "The predicted label, in the target's own JSON type: the positive one when probability > the model's "
+    "decision threshold."
+)
+
+
 class PredictionResponse(BaseModel):
-    label: str = Field(
-        description="The predicted label: the positive one when probability > the model's decision threshold."
-    )
+    # The served model's two labels replace this schema in /openapi.json (api/openapi.py).
+    label: Label = Field(description=LABEL_DESCRIPTION)
     probability: float = Field(ge=0, le=1, description="Probability of the positive label.")
     model_name: str
     model_version: str | None
 
 
 class BatchItem(BaseModel):
-    label: str = Field(
-        description="The predicted label: the positive one when probability > the model's decision threshold."
-    )
+    label: Label = Field(description=LABEL_DESCRIPTION)
     probability: float = Field(ge=0, le=1)
 
 
@@ -80,7 +85,7 @@ class ModelResponse(BaseModel):
         description="Largest |fast path - pipeline| probability found by the load-time check (null when "
         "the generic path serves because the fast one could not be built)."
     )
-    positive_label: str = Field(description="The label whose probability the predictions report.")
+    positive_label: Label = Field(description="The label whose probability the predictions report.")
     decision_threshold: float = Field(
         gt=0, lt=1, description="A prediction is the positive label when its probability is above this."
     )
@@ -90,13 +95,17 @@ def json_response(payload: Any, status_code: int = 200) -> Response:
     return Response(to_json(payload, inf_nan_mode="strings"), status_code=status_code, media_type=JSON)
 
 
-def prediction_body(label: str, probability: float, name: str, version: str | None) -> bytes:
+def prediction_body(label: Label, probability: float, name: str, version: str | None) -> bytes:
     """The JSON of a PredictionResponse."""
     return to_json({"label": label, "probability": probability, "model_name": name, "model_version": version})
 
 
 def batch_body(
-    name: str, version: str | None, labels: tuple[str, str], probabilities: np.ndarray, positive: np.ndarray
+    name: str,
+    version: str | None,
+    labels: tuple[Label, Label],
+    probabilities: np.ndarray,
+    positive: np.ndarray,
 ) -> bytes:
     """The JSON of a BatchPredictionResponse, byte for byte what `to_json` writes for it, in a third of the
     time for 1,000 rows: the probabilities go through `to_json` in one call, as a list, and each item is

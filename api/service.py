@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import ModelNotReady
 from api.loading import ServedModel, load_local, load_registered
-from api.predictor import ColumnBatch, Row, batch_size
+from api.predictor import ColumnBatch, Label, Row, batch_size
 from api.registry import RegistryVersion, resolve_alias
 from api.settings import Settings
 from api.telemetry import Telemetry
@@ -47,7 +47,7 @@ class ModelService:
         self.model: ServedModel | None = None
         self.not_ready_reason = "the model has not been loaded yet"
         self._task: asyncio.Task[None] | None = None
-        self._counters: dict[str, Counter] = {}
+        self._counters: dict[Label, Counter] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -121,7 +121,7 @@ class ModelService:
 
     def _swap(self, model: ServedModel) -> None:
         # One assignment: a request that already holds the old model finishes on it.
-        self._counters = {label: self.telemetry.predictions.labels(label) for label in model.labels}
+        self._counters = {label: self.telemetry.predictions.labels(str(label)) for label in model.labels}
         self.model = model
         self.not_ready_reason = ""
         registry = model.registry
@@ -142,7 +142,7 @@ class ModelService:
             raise ModelNotReady(self.not_ready_reason)
         return model
 
-    def score_one(self, model: ServedModel, row: Row) -> tuple[str, float]:
+    def score_one(self, model: ServedModel, row: Row) -> tuple[Label, float]:
         """One record's label and positive-class probability; metrics recorded. Plain Python throughout:
         on this path each numpy call on a one-element array costs more than the arithmetic it does."""
         started = time.perf_counter()
@@ -183,6 +183,6 @@ class ModelService:
             self.telemetry.unknown_categories.labels(feature).inc(count)
         return probabilities, is_positive
 
-    def _count(self, counters: dict[str, Counter], label: str, count: int) -> None:
+    def _count(self, counters: dict[Label, Counter], label: Label, count: int) -> None:
         if count:
-            (counters.get(label) or self.telemetry.predictions.labels(label)).inc(count)
+            (counters.get(label) or self.telemetry.predictions.labels(str(label))).inc(count)

@@ -64,6 +64,8 @@ def feature_metadata(train: pd.DataFrame, features: Features) -> dict[str, Any]:
         "target": features.target,
         "labels": list(features.labels),
         "positive_label": features.positive_label,
+        # The classifier is fitted on labels() (1 = positive label, 0 = not): its class for the positive label.
+        "positive_class": 1,
         "decision_threshold": features.decision_threshold,
         "feature_order": features.names,
         "numeric": numeric,

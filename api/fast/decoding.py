@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import annotated_types
 import msgspec
-from pydantic import BaseModel, Strict
+from pydantic import BaseModel, Strict, WithJsonSchema
 from pydantic.fields import FieldInfo
 from pydantic.types import AllowInfNan
 
@@ -41,12 +41,12 @@ _NUMBER_BOUNDS = {annotated_types.Ge: "ge", annotated_types.Le: "le", annotated_
 def _float(metadata: list[Any]) -> Any:
     """A float with pydantic's bounds. msgspec never reads NaN or infinity from JSON and never takes a
     bool or a string for a float, so it is at least as strict as a strict pydantic float whatever
-    Strict and AllowInfNan say: only the bounds need carrying over."""
+    Strict and AllowInfNan say: only the bounds need carrying over. WithJsonSchema only documents."""
     bounds: dict[str, Any] = {}
     for item in metadata:
         if type(item) in _NUMBER_BOUNDS:
             bounds[_NUMBER_BOUNDS[type(item)]] = getattr(item, _NUMBER_BOUNDS[type(item)])
-        elif not isinstance(item, Strict | AllowInfNan):
+        elif not isinstance(item, Strict | AllowInfNan | WithJsonSchema):
             raise UntranslatableField(f"float constraint {item!r}")
     return Annotated[float, msgspec.Meta(**bounds)] if bounds else float
 

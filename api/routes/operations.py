@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 METRIC_TAG_PREFIX = "metric."
 
 router = APIRouter(tags=["operations"])
+
+
+@router.get("/", include_in_schema=False)
+async def root() -> RedirectResponse:
+    """The service's front page is its documentation."""
+    return RedirectResponse("/docs")
 
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness")
