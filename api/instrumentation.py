@@ -10,7 +10,8 @@ method (a 405), else `none`, so that unknown paths cannot grow the label set. Th
 Per request this costs two dict lookups and three metric updates: the handler of each path that names a
 route is cached (bounded, so templated paths with parameters cannot grow it either), and so are the
 label children of each (handler, method). Only the app's own flat list of routes is searched (main.py
-does not wrap routers in `include_router`), and `Route` is the only kind it names.
+does not wrap routers in `include_router`). A `Route` is named by its template and a `Mount` (the docs'
+offline assets) by its prefix, so each asset file is not a label of its own.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Collection, Sequence
 from time import perf_counter
 
 from prometheus_client import Counter, Gauge, Histogram
-from starlette.routing import BaseRoute, Match, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.telemetry import Telemetry
@@ -76,7 +77,7 @@ class RequestMetrics:
     def _match(self, scope: Scope) -> str:
         partial = None
         for route in self.routes:
-            if not isinstance(route, Route):
+            if not isinstance(route, (Route, Mount)):
                 continue
             match, _ = route.matches(scope)
             if match is Match.FULL:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from api.instrumentation import CACHE_SIZE, RequestMetrics
 from api.main import create_app
@@ -111,8 +111,12 @@ def test_metrics_itself_is_not_counted(instrumented):
 def test_every_route_of_the_service_is_one_the_middleware_can_name():
     """main.py adds its routers flat; a route the middleware cannot name would be counted as `none`."""
     app = create_app(Settings(model_uri="/nowhere"))
-    assert all(isinstance(route, Route) for route in app.routes)
+    assert all(isinstance(route, (Route, Mount)) for route in app.routes)
     middleware = RequestMetrics(app, routes=app.router.routes, telemetry=Telemetry())
     for path, method in [("/predict", "POST"), ("/predict/batch", "POST"), ("/ready", "GET")]:
         assert middleware.handler({"type": "http", "method": method, "path": path, "root_path": ""}) == path
+    (assets,) = [route.path for route in app.routes if isinstance(route, Mount)]
+    for asset in ["swagger-ui-bundle.js", "redoc.standalone.js"]:
+        scope = {"type": "http", "method": "GET", "path": f"{assets}/{asset}", "root_path": ""}
+        assert middleware.handler(scope) == assets
     assert [route.path for route in app.routes][:2] == ["/predict", "/predict/batch"]

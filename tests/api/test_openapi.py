@@ -29,7 +29,8 @@ def test_every_feature_is_documented_with_its_type_range_or_categories(spec, api
     for name, meta in metadata["numeric"].items():
         field = record["properties"][name]
         options = field.get("anyOf", [field])
-        number = next(option for option in options if option.get("type") == "number")
+        # Whole-number features are documented as `integer`, the others as `number`.
+        number = next(option for option in options if option.get("type") in {"number", "integer"})
         assert (number["minimum"], number["maximum"]) == (meta["min"], meta["max"])
         assert ({"type": "null"} in options) == meta["nullable"]
         assert field["description"]
