@@ -80,6 +80,10 @@ promote: venv ## move the `production` alias to the `staging` version
 rollback: venv ## move `production` back to the version it replaced
 	python -m stages.registry rollback
 
+.PHONY: tune
+tune: venv ## Optuna over tune.space (N_TRIALS= per family, JOBS= at a time); writes the best into params.yaml
+	python -m stages.tune $(if $(N_TRIALS),--n-trials $(N_TRIALS)) --jobs $(or $(JOBS),1)
+
 .PHONY: exp
 exp: venv ## a ready-made sweep: queue XGBoost depths and sizes, run two at a time, wait, show the table
 	dvc exp run --queue -S 'train.xgboost.max_depth=4,8' -S 'train.xgboost.n_estimators=150,300'

@@ -172,8 +172,15 @@ def build(path: Path, registered: RegistryVersion, settings: Settings) -> Served
     )
 
 
-def _single_threaded(pipeline: Any) -> None:
-    """A loaded model forgets n_jobs; with every core per call, small requests get latency spikes."""
+def _single_threaded(model: Any) -> None:
+    """A loaded model forgets n_jobs; with every core per call, small requests get latency spikes. A
+    calibrated model's pipelines are inside its calibrated classifiers."""
+    inner = [calibrated.estimator for calibrated in getattr(model, "calibrated_classifiers_", [])]
+    for pipeline in inner or [model]:
+        _single_threaded_pipeline(pipeline)
+
+
+def _single_threaded_pipeline(pipeline: Any) -> None:
     for _, step in getattr(pipeline, "steps", []):
         if "n_jobs" in step.get_params():
             step.set_params(n_jobs=1)

@@ -16,10 +16,12 @@ from sklearn.calibration import calibration_curve
 from sklearn.inspection import permutation_importance
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from stages.classification import classification_metrics, predicted_positive
+from stages.classification import bootstrap_intervals, classification_metrics, predicted_positive
 from stages.errors import run
+from stages.fairness import fairness
 from stages.features import labels, model_inputs
 from stages.params import Features, load_params
+from stages.quality import numeric_metrics
 from stages.tracking import configure, training_run
 from stages.workspace import output, workspace
 
@@ -127,8 +129,20 @@ def main() -> None:
     x_test, y_test = model_inputs(test, features), labels(test, features)
     probability = pipeline.predict_proba(x_test)[:, 1]
 
-    scores = classification_metrics(y_test, probability, threshold)
+    scores: dict[str, Any] = classification_metrics(y_test, probability, threshold)
     slices = slice_metrics(test, probability, y_test, params.evaluate.slices, threshold)
+    per_group, summaries = fairness(
+        test, y_test, probability, predicted_positive(probability, threshold).astype(int),
+        params.evaluate.slices, params.evaluate.min_group_size,
+    )  # fmt: skip
+    for column, by_group in per_group.items():
+        for group, entry in by_group.items():
+            slices[column].setdefault(group, {}).update(entry)
+    if summaries:
+        scores["fairness"] = summaries
+    intervals = bootstrap_intervals(
+        y_test, probability, threshold, params.evaluate.bootstrap_resamples, params.train.seed
+    )
     plots = plot_data(
         pipeline, x_test, y_test, probability, features, params.evaluate.calibration_bins, params.train.seed
     )
@@ -137,6 +151,8 @@ def main() -> None:
     pd.DataFrame({"label": y_test, "probability": probability}).to_parquet(predictions, index=False)
     write_json(output(params.paths.metrics), scores)
     write_json(output(params.paths.slices), slices)
+    write_json(output(params.paths.intervals), {"level": 0.95, "resamples": params.evaluate.bootstrap_resamples,
+                                                "metrics": intervals})  # fmt: skip
     plots_dir = output(params.paths.plots)
     for name, rows in plots.items():
         write_json(plots_dir / f"{name}.json", rows)
@@ -145,15 +161,15 @@ def main() -> None:
     parent = training_run(hashlib.sha256(model_bytes).hexdigest())
     for run_id in (parent.info.run_id, parent.data.tags["chosen_run_id"]):
         with mlflow.start_run(run_id=run_id, nested=run_id != parent.info.run_id):
-            mlflow.log_metrics({f"test_{name}": value for name, value in scores.items()})
+            mlflow.log_metrics({f"test_{name}": value for name, value in numeric_metrics(scores).items()})
     with mlflow.start_run(run_id=parent.info.run_id):
         mlflow.log_metrics(
             {
                 f"test_slice.{column}.{value}.{metric}": entry[metric]
                 for column, values in slices.items()
                 for value, entry in values.items()
-                for metric in ("roc_auc", "accuracy", "f1")
-                if metric in entry
+                for metric in ("roc_auc", "accuracy", "f1", "selection_rate", "true_positive_rate")
+                if entry.get(metric) is not None
             }
         )
         mlflow.log_dict(slices, "evaluation/slices.json")
@@ -162,7 +178,7 @@ def main() -> None:
         for name, figure in figures(plots).items():
             mlflow.log_figure(figure, f"evaluation/{name}.png")
             plt.close(figure)
-    print(f"evaluate: test {', '.join(f'{k}={v:.4f}' for k, v in scores.items())}")
+    print(f"evaluate: test {', '.join(f'{k}={v:.4f}' for k, v in numeric_metrics(scores).items())}")
 
 
 def write_json(file: Path, content: Any) -> None:

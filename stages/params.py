@@ -55,6 +55,7 @@ class Paths(Block):
     candidates: Path
     metrics: Path
     slices: Path
+    intervals: Path
     registry_report: Path
     training_run: Path
     plots: Path
@@ -182,22 +183,36 @@ class LogregParams(Block):
 
 
 class XGBoostParams(Block):
-    n_estimators: Annotated[int, Field(gt=0)]
+    n_estimators: Annotated[int, Field(gt=0)]  # a ceiling when train.early_stopping is set
     max_depth: Annotated[int, Field(ge=1)]
     learning_rate: Annotated[float, Field(gt=0)]
     subsample: Annotated[float, Field(gt=0, le=1)] = 1.0
     colsample_bytree: Annotated[float, Field(gt=0, le=1)] = 1.0
     min_child_weight: Annotated[float, Field(ge=0)] = 1.0
+    reg_lambda: Annotated[float, Field(ge=0)] = 1.0
+    reg_alpha: Annotated[float, Field(ge=0)] = 0.0
+    gamma: Annotated[float, Field(ge=0)] = 0.0
     n_jobs: Annotated[int, Field(ge=1)] = 1
 
 
 Family = Literal["logreg", "xgboost"]
 
 
+class EarlyStopping(Block):
+    """XGBoost stops when logloss on a seeded split carved out of train has not improved for `rounds`."""
+
+    rounds: Annotated[int, Field(ge=1)]
+    fraction: Annotated[float, Field(gt=0, lt=1)]
+
+
 class Train(Block):
     seed: int
     candidates: Annotated[list[Family], Field(min_length=1)]
     selection_metric: str
+    early_stopping: EarlyStopping | None = None
+    # After selection, the chosen family is refitted on train + validation (rounds scaled).
+    refit: bool = True
+    calibration: Literal["none", "sigmoid", "isotonic"] = "none"
     logreg: LogregParams = LogregParams()
     xgboost: XGBoostParams | None = None
 
@@ -217,6 +232,36 @@ class Train(Block):
 class Evaluate(Block):
     slices: list[str] = []
     calibration_bins: Annotated[int, Field(ge=2)] = 10
+    # Groups with fewer positives or negatives than this are reported, but left out of the gated
+    # fairness figures: their rates are noise.
+    min_group_size: Annotated[int, Field(ge=1)] = 50
+    bootstrap_resamples: Annotated[int, Field(ge=0)] = 1000
+
+
+class SearchDimension(Block):
+    """One hyperparameter's range for Optuna: floats (log-uniform with `log: true`) or integers."""
+
+    type: Literal["float", "int"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchDimension:
+        if not self.low < self.high:
+            raise ValueError(f"low {self.low} must be below high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-uniform range starts above 0")
+        return self
+
+
+class Tune(Block):
+    """`make tune`: an Optuna study over each family's space, scored by cross-validation on train."""
+
+    n_trials: Annotated[int, Field(ge=1)] = 50
+    folds: Annotated[int, Field(ge=2)] = 5
+    seed: int = 42
+    space: dict[Family, dict[str, SearchDimension]] = {}
 
 
 class Aliases(Block):
@@ -240,16 +285,32 @@ class MetricRule(Block):
     tolerance: Annotated[float, Field(ge=0)] | None = None
 
 
+FAIRNESS_METRICS = ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference")
+
+
 class Quality(Block):
     primary_metric: str
     promotion_margin: Annotated[float, Field(ge=0)] = 0.0
     metrics: dict[str, MetricRule]
+    # One record per fairness figure, applied to every attribute in evaluate.slices: the rule for
+    # `equalized_odds_difference` gates `fairness.<attribute>.equalized_odds_difference` for each.
+    fairness: dict[Literal[FAIRNESS_METRICS], MetricRule] = {}  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _primary_has_a_rule(self) -> Quality:
         if self.primary_metric not in self.metrics:
             raise ValueError(f"primary_metric {self.primary_metric!r} has no record under quality.metrics")
         return self
+
+    def rules(self, slices: list[str]) -> dict[str, MetricRule]:
+        """Every gated metric by its name in metrics.json: the metrics' own records, then each fairness
+        record once per sensitive attribute (none when there are no slices)."""
+        expanded = {
+            f"fairness.{attribute}.{name}": rule
+            for attribute in slices
+            for name, rule in self.fairness.items()
+        }
+        return {**self.metrics, **expanded}
 
 
 class Params(Block):
@@ -261,6 +322,7 @@ class Params(Block):
     validation: Validate = Field(alias="validate")
     train: Train
     evaluate: Evaluate
+    tune: Tune = Tune()
     mlflow: Mlflow
     quality: Quality
 

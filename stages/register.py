@@ -18,7 +18,7 @@ from stages.classification import classification_metrics
 from stages.errors import StageError, run
 from stages.features import labels, model_inputs
 from stages.params import Quality, load_params, parse_quality, read_yaml
-from stages.quality import clears_floor, gain
+from stages.quality import clears_floor, gain, numeric_metrics
 from stages.registry import Registry, open_registry
 from stages.registry.faults import crash_point
 from stages.registry.locks import decision_lock
@@ -42,12 +42,17 @@ class Incumbent:
     error: str = ""
 
 
-def decide(candidate: dict[str, float], quality: Quality, incumbents: list[Incumbent]) -> Decision:
+def decide(
+    candidate: dict[str, float],
+    quality: Quality,
+    incumbents: list[Incumbent],
+    slices: list[str] | None = None,
+) -> Decision:
     """Staging needs every floor cleared AND the primary metric better than every incumbent's (production
     and the current staging version) by more than the margin, in the metric's own direction."""
     primary, margin = quality.primary_metric, quality.promotion_margin
     reasons = []
-    for name, rule in quality.metrics.items():
+    for name, rule in quality.rules(slices or []).items():
         if rule.floor is None:
             continue
         value = candidate.get(name)
@@ -75,18 +80,21 @@ def decide(candidate: dict[str, float], quality: Quality, incumbents: list[Incum
     return Decision(staging=not any(reason.startswith("FAIL") for reason in reasons), reasons=reasons)
 
 
-def approval_rules() -> Quality:
-    """The quality bar of the commit the run started from. Inside `dvc exp run` the workspace's
-    params.yaml carries the experiment's -S overrides, and an experiment must not set its own bar."""
+def approval_rules() -> tuple[Quality, list[str]]:
+    """The quality bar, and the sensitive attributes its fairness rules apply to, of the commit the run
+    started from. Inside `dvc exp run` the workspace's params.yaml carries the experiment's -S overrides,
+    and an experiment must not set its own bar (nor drop the attributes it is judged on)."""
     if not experiment_name():
-        return load_params().quality
+        params = load_params()
+        return params.quality, params.evaluate.slices
     committed = subprocess.run(
         ["git", "show", "HEAD:params.yaml"], cwd=workspace(), capture_output=True, text=True, check=False
     )
     if committed.returncode != 0:
         raise StageError(f"cannot read the baseline params.yaml: {committed.stderr.strip()}")
     baseline = read_yaml(committed.stdout, "HEAD:params.yaml") or {}
-    return parse_quality(baseline.get("quality"), "HEAD:params.yaml")
+    slices = list((baseline.get("evaluate") or {}).get("slices") or [])
+    return parse_quality(baseline.get("quality"), "HEAD:params.yaml"), slices
 
 
 def incumbents(registry: Registry, test: pd.DataFrame, primary: str) -> list[Incumbent]:
@@ -121,8 +129,8 @@ def registered_from(registry: Registry, run_id: str) -> ModelVersion | None:
 def main() -> None:
     params = load_params()
     aliases = params.mlflow.aliases
-    quality = approval_rules()
-    scores = json.loads((workspace() / params.paths.metrics).read_text())
+    quality, slices = approval_rules()
+    scores = numeric_metrics(json.loads((workspace() / params.paths.metrics).read_text()))
     test = pd.read_parquet(workspace() / params.paths.prepared / "test.parquet")
 
     configure()
@@ -140,7 +148,7 @@ def main() -> None:
             for rival in incumbents(registry, test, quality.primary_metric)
             if earlier is None or rival.version != str(earlier.version)
         ]
-        decision = decide(scores, quality, rivals)
+        decision = decide(scores, quality, rivals, slices)
         tags = {
             "git_sha": git_sha(),
             "git_dirty": str(git_dirty()).lower(),

@@ -93,8 +93,9 @@ def _categorical_block(
     return columns, position - offset
 
 
-def _scorer(classifier: Any, width: int, complete_rows: bool) -> Scorer:
-    """The classifier as functions of encoded inputs giving P(classes_[1]). `complete_rows`: encoded rows
+def _scorer(classifier: Any, width: int, complete_rows: bool, margin: bool = False) -> Scorer:
+    """The classifier as functions of encoded inputs giving P(classes_[1]); with `margin`, a linear model
+    gives its decision function instead (what a calibrator reads from it). `complete_rows`: encoded rows
     never hold NaN (every numeric column is imputed)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -103,6 +104,12 @@ def _scorer(classifier: Any, width: int, complete_rows: bool) -> Scorer:
     if type(classifier) is LogisticRegression:
         weights = np.asarray(classifier.coef_, dtype=np.float64).reshape(-1)
         intercept = float(np.asarray(classifier.intercept_).reshape(-1)[0])
+        if margin:
+            return Scorer(
+                "fast-linear",
+                lambda matrix: np.asarray(matrix @ weights + intercept),
+                lambda row: float(row @ weights) + intercept,
+            )
 
         def linear(matrix: np.ndarray) -> np.ndarray:
             return np.asarray(1.0 / (1.0 + np.exp(-(matrix @ weights + intercept))))
@@ -154,10 +161,50 @@ def _boosted_scorer(classifier: Any, complete_rows: bool) -> Scorer:
     return Scorer("fast-xgboost", boosted, one, batch_limits=(FEW_ROWS,))
 
 
-def compile_predictor(pipeline: Any, columns: Columns, positive_index: int) -> FastPredictor:
-    """`positive_index`: the column of `predict_proba` that is the positive label's."""
+def _calibrated(scorer: Scorer, calibrator: Any) -> Scorer:
+    """The scorer followed by the calibrator CalibratedClassifierCV fitted on its output: sklearn's
+    sigmoid (expit(-(a * s + b))) or its isotonic regression (a clipped piecewise-linear map)."""
+    from sklearn.calibration import _SigmoidCalibration
+    from sklearn.isotonic import IsotonicRegression
+
+    if type(calibrator) is _SigmoidCalibration:
+        a, b = float(calibrator.a_), float(calibrator.b_)
+
+        def matrix(encoded: np.ndarray) -> np.ndarray:
+            return np.asarray(1.0 / (1.0 + np.exp(a * scorer.matrix(encoded) + b)))
+
+        def row(encoded: np.ndarray) -> float:
+            return sigmoid(-(a * scorer.row(encoded) + b))
+
+    elif type(calibrator) is IsotonicRegression and calibrator.out_of_bounds == "clip":
+        xs = np.asarray(calibrator.X_thresholds_, dtype=np.float64)
+        ys = np.asarray(calibrator.y_thresholds_, dtype=np.float64)
+
+        def matrix(encoded: np.ndarray) -> np.ndarray:
+            return np.asarray(np.interp(scorer.matrix(encoded), xs, ys))
+
+        def row(encoded: np.ndarray) -> float:
+            return float(np.interp(scorer.row(encoded), xs, ys))
+
+    else:
+        raise UnsupportedPipeline(f"calibrator {type(calibrator).__name__}")
+    return Scorer(f"{scorer.kind}-calibrated", matrix, row, scorer.batch_limits)
+
+
+def compile_predictor(model: Any, columns: Columns, positive_index: int) -> FastPredictor:
+    """`positive_index`: the column of `predict_proba` that is the positive label's. `model` is the
+    pipeline, or a CalibratedClassifierCV(ensemble=False) around one: one estimator and one calibrator."""
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
+
+    calibrator = None
+    pipeline = model
+    if isinstance(model, CalibratedClassifierCV):
+        if len(model.calibrated_classifiers_) != 1 or len(model.calibrated_classifiers_[0].calibrators) != 1:
+            raise UnsupportedPipeline("a calibrated ensemble (ensemble=True) or a multiclass calibration")
+        pipeline = model.calibrated_classifiers_[0].estimator
+        calibrator = model.calibrated_classifiers_[0].calibrators[0]
 
     if not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 2:
         raise UnsupportedPipeline("expected Pipeline([preprocess, classifier])")
@@ -189,6 +236,13 @@ def compile_predictor(pipeline: Any, columns: Columns, positive_index: int) -> F
     if sorted(covered) != sorted(columns.order):
         raise UnsupportedPipeline("the ColumnTransformer does not use every input column exactly once")
     complete_rows = all(math.isfinite(column.fill) for column in numeric)
-    return FastPredictor(
-        width, numeric, categorical, _scorer(classifier, width, complete_rows), positive_index == 0
+    # A calibrator reads the estimator's decision function when it has one (sklearn's own choice).
+    scorer = _scorer(
+        classifier,
+        width,
+        complete_rows,
+        margin=calibrator is not None and hasattr(classifier, "decision_function"),
     )
+    if calibrator is not None:
+        scorer = _calibrated(scorer, calibrator)
+    return FastPredictor(width, numeric, categorical, scorer, positive_index == 0)

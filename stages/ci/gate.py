@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     except GitError as error:
         print(f"gate: {error}", file=sys.stderr)
         return 2
-    verdict = evaluate(load_current(metrics_file), baseline, params.quality.metrics, args.base)
+    rules = params.quality.rules(params.evaluate.slices)
+    verdict = evaluate(load_current(metrics_file), baseline, rules, args.base)
     print(format_report(verdict, args.base))
     return 0 if verdict.passed else 1
 

@@ -49,26 +49,59 @@ def _value(value: Any) -> str:
     return "`" + text.replace("|", "\\|").replace("`", "'") + "`"
 
 
+FAIRNESS = "fairness."
+
+
+def _row_cells(
+    name: str, current: Metrics, baseline: Metrics | None, checks: Mapping[str, Check]
+) -> list[str]:
+    """main, this branch, change, rule, verdict: the cells every metric row has."""
+    now, before = current.get(name), (baseline or {}).get(name)
+    if now is None:
+        change = "missing"
+    elif before is None:
+        change = "new" if baseline is not None else MISSING
+    else:
+        change = f"{now - before:+.4f}"
+    check = checks.get(name)
+    rule = _rule(check) if check else ""
+    status = "" if check is None else ("✅" if check.passed else "❌")
+    return [_number(before), _number(now), change, rule, status]
+
+
+def _names(current: Metrics, baseline: Metrics | None, checks: Mapping[str, Check]) -> list[str]:
+    return list(dict.fromkeys([*current, *(baseline or {}), *checks]))
+
+
 def metrics_table(current: Metrics, baseline: Metrics | None, verdict: Verdict, base_label: str) -> list[str]:
     checks = {check.metric: check for check in verdict.checks}
-    previous = baseline or {}
-    names = list(dict.fromkeys([*current, *previous, *checks]))
     lines = [
         f"| Metric | {base_label} | this branch | change | rule | |",
         "|---|---:|---:|---:|---|:-:|",
     ]
+    for name in _names(current, baseline, checks):
+        if not name.startswith(FAIRNESS):
+            lines.append("| " + " | ".join([name, *_row_cells(name, current, baseline, checks)]) + " |")
+    return lines
+
+
+def fairness_table(
+    current: Metrics, baseline: Metrics | None, verdict: Verdict, base_label: str
+) -> list[str]:
+    """One row per sensitive attribute and fairness figure (`fairness.<attribute>.<figure>`)."""
+    checks = {check.metric: check for check in verdict.checks}
+    names = [name for name in _names(current, baseline, checks) if name.startswith(FAIRNESS)]
+    if not names:
+        return []
+    lines = [
+        f"| Group | Metric | {base_label} | this branch | change | rule | |",
+        "|---|---|---:|---:|---:|---|:-:|",
+    ]
     for name in names:
-        now, before = current.get(name), previous.get(name)
-        if now is None:
-            change = "missing"
-        elif before is None:
-            change = "new" if baseline is not None else MISSING
-        else:
-            change = f"{now - before:+.4f}"
-        check = checks.get(name)
-        rule = _rule(check) if check else ""
-        status = "" if check is None else ("✅" if check.passed else "❌")
-        lines.append(f"| {name} | {_number(before)} | {_number(now)} | {change} | {rule} | {status} |")
+        attribute, _, figure = name.removeprefix(FAIRNESS).partition(".")
+        lines.append(
+            "| " + " | ".join([attribute, figure, *_row_cells(name, current, baseline, checks)]) + " |"
+        )
     return lines
 
 
@@ -123,6 +156,11 @@ def render(
         verdict_lines(verdict, base_label),
         ["### Metrics (test split)"],
         metrics_table(current, baseline, verdict, base_label),
+    ]
+    fairness = fairness_table(current, baseline, verdict, base_label)
+    if fairness:
+        sections += [["### Fairness (test split, by sensitive attribute)"], fairness]
+    sections += [
         ["### Params"],
         params_table(params_current, params_baseline, base_label),
         ["<sub>Floors and tolerances live in `params.yaml` under `quality`; `make gate` applies them.</sub>"],
@@ -146,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pr-comment: {error}", file=sys.stderr)
         return 2
     current = load_current(workspace() / params.paths.metrics)
-    verdict = evaluate(current, baseline, params.quality.metrics, args.base)
+    verdict = evaluate(current, baseline, params.quality.rules(params.evaluate.slices), args.base)
     base_params = None if base_params_text is None else flatten(yaml.safe_load(base_params_text) or {})
     here_params = flatten(yaml.safe_load((workspace() / "params.yaml").read_text()) or {})
     markdown = render(verdict, current, baseline, here_params, base_params, base_label=args.base)

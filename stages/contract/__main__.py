@@ -76,7 +76,7 @@ def baseline_floors(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """A logistic regression on this file's own train split, scored on its validation split: what any
     model here should clear. The floors sit FLOOR_MARGINS below it."""
-    from stages.train import build_pipeline
+    from stages.modelling import build_pipeline
 
     train, val = frame_splits["train"], frame_splits["val"]
     pipeline = build_pipeline("logreg", features, {"C": 1.0, "max_iter": 1000}, seed)

@@ -140,10 +140,13 @@ def build_registry(trained_pipeline: Any, workdir: Path) -> ApiRegistry:
     chosen_run = client.get_run(production.run_id)
     parent_id = chosen_run.data.tags["mlflow.parentRunId"]
     experiment = chosen_run.info.experiment_id
+    # The other family's candidate run (production is the chosen family, refitted on train + validation).
     (sibling,) = [
         run
-        for run in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_id}'")
-        if run.info.run_id != production.run_id
+        for run in client.search_runs(
+            [experiment], f"tags.mlflow.parentRunId = '{parent_id}' and tags.role = 'candidate'"
+        )
+        if run.data.params["family"] != chosen_run.data.params["family"]
     ]
     (logged,) = client.search_logged_models(
         experiment_ids=[experiment], filter_string=f"source_run_id = '{sibling.info.run_id}'"

@@ -118,6 +118,29 @@ def test_every_route_through_the_fast_path_matches_predict_proba(family):
     assert fast.predict_one({**rows[0], "colour": None})[1] == {}
 
 
+@pytest.mark.parametrize("family", list(CLASSIFIERS))
+@pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+def test_a_calibrated_model_is_served_calibrated_on_every_route(family, method):
+    """CalibratedClassifierCV(ensemble=False), as train's `calibration` switch fits it: one pipeline and
+    one calibrator, applied to the decision function (logreg) or the probability (xgboost)."""
+    from sklearn.calibration import CalibratedClassifierCV
+
+    train, test = frame(600, 1), frame(300, 2, unseen=True)
+    calibrated = CalibratedClassifierCV(pipeline(CLASSIFIERS[family]()), method=method, cv=5, ensemble=False)
+    calibrated.fit(train, target(train))
+    fast = compile_predictor(calibrated, COLUMNS, positive_index=1)
+    assert fast.kind.endswith("-calibrated")
+    expected = calibrated.predict_proba(test)[:, 1]
+    uncalibrated = calibrated.calibrated_classifiers_[0].estimator.predict_proba(test)[:, 1]
+    assert np.abs(expected - uncalibrated).max() > 1e-3, "the calibrator must have changed something"
+    rows = rows_of(test)
+    np.testing.assert_allclose(fast.predict_rows(rows)[0], expected, rtol=0, atol=TOLERANCE)
+    few = np.concatenate([fast.predict_rows(rows[start : start + 5])[0] for start in range(0, len(rows), 5)])
+    np.testing.assert_allclose(few, expected, rtol=0, atol=TOLERANCE)
+    one = np.array([fast.predict_one(row)[0] for row in rows])
+    np.testing.assert_allclose(one, expected, rtol=0, atol=TOLERANCE)
+
+
 @pytest.mark.parametrize(
     ("broken", "reason"),
     [

@@ -36,11 +36,21 @@ def test_every_stage_writes_its_outputs(trained_pipeline):
         "prepared/train.parquet", "prepared/val.parquet", "prepared/test.parquet",
         "reports/validation.json", "reports/candidates.json", "model/model.pkl", "model/feature_metadata.json",
         "metrics.json", "predictions/test.parquet", "registered.json", "reports/slices.json", "reports/registry.json",
+        "reports/intervals.json",
         *(f"plots/{name}.json" for name in ("roc", "pr", "confusion", "calibration", "importance")),
     ]  # fmt: skip
     assert [name for name in expected if not (data / name).is_file()] == []
     metrics = json.loads((data / "metrics.json").read_text())
-    assert set(metrics) == {"roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1", "log_loss", "brier"}
+    assert set(metrics) == {
+        "roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1", "log_loss", "brier", "ece", "fairness"
+    }  # fmt: skip
+    assert set(metrics["fairness"]) == {"gender", "race"}
+    assert set(metrics["fairness"]["gender"]) == {
+        "demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference"
+    }  # fmt: skip
+    intervals = json.loads((data / "reports" / "intervals.json").read_text())["metrics"]
+    low, high = intervals["roc_auc"]
+    assert low < metrics["roc_auc"] < high
     slices = json.loads((data / "reports" / "slices.json").read_text())
     assert set(slices) == {"gender", "race"}
     assert set(slices["gender"]) == {"Female", "Male"}
@@ -54,10 +64,15 @@ def test_training_is_one_parent_run_with_a_nested_run_per_candidate(trained_pipe
     children = client.search_runs(
         [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    assert sorted(child.data.params["family"] for child in children) == ["logreg", "xgboost"]
-    for child in children:
+    candidates = [child for child in children if child.data.tags["role"] == "candidate"]
+    assert sorted(child.data.params["family"] for child in candidates) == ["logreg", "xgboost"]
+    for child in candidates:
         assert {"val_roc_auc", "val_pr_auc", "val_log_loss"} <= set(child.data.metrics)
+    # The chosen family, refitted on train + validation, is what evaluate scores and register registers.
+    (refit,) = [child for child in children if child.data.tags["role"] == "refit"]
+    assert refit.data.params["family"] == parent.data.tags["chosen_family"]
     chosen = next(child for child in children if child.info.run_id == parent.data.tags["chosen_run_id"])
+    assert chosen.info.run_id == refit.info.run_id
     assert "test_roc_auc" in chosen.data.metrics and "test_roc_auc" in parent.data.metrics
     assert any(key.startswith("test_slice.gender.") for key in parent.data.metrics)
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "evaluation")}
