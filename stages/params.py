@@ -272,8 +272,15 @@ class Aliases(Block):
 
 class Mlflow(Block):
     experiment: str
-    model_name: str
+    model_name: str  # the served model: only promoted copies, moved by cd's production credentials
+    candidate_model_name: str  # every registered version, where CI may register and stage
     aliases: Aliases
+
+    @model_validator(mode="after")
+    def _two_models(self) -> Mlflow:
+        if self.candidate_model_name == self.model_name:
+            raise ValueError("candidate_model_name must differ from model_name: CI may edit only candidates")
+        return self
 
 
 class MetricRule(Block):

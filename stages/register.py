@@ -1,7 +1,9 @@
 """register: add the trained model to the MLflow Model Registry and decide whether it earns `staging`.
 
-Development -> Staging happens here; Staging -> Production only through `make promote`, never inside
-`dvc repro`, so experiments cannot touch Production."""
+Versions are registered under the candidate model (params.yaml `mlflow.candidate_model_name`), where
+`development` and `staging` live. Staging -> Production only through `make promote`, which copies the
+staged candidate into the served model; never inside `dvc repro`, so experiments (and CI's credentials,
+which may edit candidates only) cannot touch Production."""
 
 from __future__ import annotations
 
@@ -97,18 +99,24 @@ def approval_rules() -> tuple[Quality, list[str]]:
     return parse_quality(baseline.get("quality"), "HEAD:params.yaml"), slices
 
 
-def incumbents(registry: Registry, test: pd.DataFrame, primary: str) -> list[Incumbent]:
-    """Production and staging, each scored on the CURRENT test split, so all face the same rows."""
+def incumbents(
+    registry: Registry, test: pd.DataFrame, primary: str, own_run: str | None = None
+) -> list[Incumbent]:
+    """Production (on the served model) and staging (on the candidates), each scored on the CURRENT test
+    split, so all face the same rows. A version trained by `own_run` (this model, registered by an
+    interrupted run) and a staged candidate that production is a copy of are not rivals twice."""
     features = load_params().features
-    found, seen = [], set()
+    found, seen = [], {own_run}
     for alias in (registry.aliases.production, registry.aliases.staging):
         version = registry.at(alias)
-        if version is None or str(version.version) in seen:
+        # The copy carries its candidate's tags, training_run_id included; a bare version, its own key.
+        trained_by = version.tags.get("training_run_id") or version.source if version else None
+        if version is None or trained_by in seen:
             continue
-        seen.add(str(version.version))
+        seen.add(trained_by)
         # Any failure (a feature it lacks, an incompatible artifact) means no fair comparison is possible.
         try:
-            model = mlflow.sklearn.load_model(f"models:/{registry.model_name}/{version.version}")
+            model = mlflow.sklearn.load_model(f"models:/{version.name}/{version.version}")
             probability = model.predict_proba(model_inputs(test, features))[:, 1]
         except Exception as error:
             found.append(Incumbent(alias, str(version.version), None, f"{type(error).__name__}: {error}"))
@@ -135,19 +143,16 @@ def main() -> None:
 
     configure()
     registry = open_registry()
-    model_name = registry.model_name
+    candidates = registry.candidates
+    model_name = candidates.model_name
     trained = training_run(
         hashlib.sha256((workspace() / params.paths.model / "model.pkl").read_bytes()).hexdigest()
     )
     # The whole decision, from reading the incumbents to moving `staging`, under the registry lock: two
     # registers at once would otherwise both beat the same incumbents, and the worse could win.
-    with decision_lock(registry):
-        earlier = registered_from(registry, trained.info.run_id)
-        rivals = [
-            rival
-            for rival in incumbents(registry, test, quality.primary_metric)
-            if earlier is None or rival.version != str(earlier.version)
-        ]
+    with decision_lock(candidates):
+        earlier = registered_from(candidates, trained.info.run_id)
+        rivals = incumbents(registry, test, quality.primary_metric, own_run=trained.info.run_id)
         decision = decide(scores, quality, rivals, slices)
         tags = {
             "git_sha": git_sha(),
@@ -167,18 +172,18 @@ def main() -> None:
         else:
             # A run killed after registering left this version without its aliases: finish it, once.
             version = str(earlier.version)
-            registry.tag(version, **tags)
+            candidates.tag(version, **tags)
             print(
                 f"register: {model_name} v{version} was already registered from this training run "
                 "(an interrupted or repeated run); finishing it instead of adding a version"
             )
         crash_point("register:after-version")
-        registry.move(aliases.development, version)
+        candidates.move(aliases.development, version)
         if decision.staging:
             for rival in rivals:
                 if rival.alias == aliases.staging:
-                    registry.tag(rival.version, status="superseded", superseded_by=version)
-            registry.move(aliases.staging, version)
+                    candidates.tag(rival.version, status="superseded", superseded_by=version)
+            candidates.move(aliases.staging, version)
 
     report = {
         "model_name": model_name,

@@ -1,7 +1,7 @@
 """`make deploy`, what cd.yml runs: promote, roll out, verify, and roll back when the check fails.
 
-1. Move the registry's production alias to the staging version (stages.registry.promote, in process), when
-   there is one: a commit whose model did not beat production leaves no staging version, and ships its
+1. Move the registry's production alias to a copy of the staging candidate (stages.registry.promote, in
+   process), when there is one: a commit whose model did not beat production leaves no staging version, and ships its
    image with production's model unchanged. The running service polls the alias and hot-reloads the
    model; no restart is needed for a new model.
 2. When DEPLOY_HOOK_URL is set, POST {"image": ..., "model_version": ...} to it (with DEPLOY_TOKEN as a
@@ -89,7 +89,8 @@ def post_hook(hook_url: str, token: str | None, image: str, model: Expected) -> 
 def at_alias(registry: Registry, alias: str) -> Callable[[], Expected | None]:
     def lookup() -> Expected | None:
         version = registry.at(alias)
-        return None if version is None else Expected(registry.model_name, str(version.version))
+        # Named by its own model: a staged candidate v4 is not the served v4.
+        return None if version is None else Expected(version.name, str(version.version))
 
     return lookup
 

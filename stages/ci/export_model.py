@@ -22,18 +22,20 @@ from stages.registry import open_registry
 from stages.tracking import tracking_uri
 
 
-def export(model_name: str, aliases: list[str], output: Path) -> tuple[str, str]:
-    """Download the version behind the first alias that is set into `output` (replacing it).
-    Returns (alias, version)."""
+def export(
+    model_name: str, aliases: list[str], output: Path, candidate_name: str | None = None
+) -> tuple[str, str]:
+    """Download the version behind the first alias that is set into `output` (replacing it); staging is
+    looked up on the candidate model, production on the served one. Returns (alias, version)."""
     import mlflow
 
-    alias, found = open_registry(model_name=model_name).first_of(aliases)
+    alias, found = open_registry(model_name=model_name, candidate_name=candidate_name).first_of(aliases)
     version = str(found.version)
     if output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True)
     mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{model_name}/{version}", dst_path=str(output), tracking_uri=tracking_uri()
+        artifact_uri=f"models:/{found.name}/{version}", dst_path=str(output), tracking_uri=tracking_uri()
     )
     return alias, version
 
@@ -52,9 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     aliases = args.alias or [names.aliases.staging, names.aliases.production]
     alias, version = export(names.model_name, aliases, args.output)
-    print(
-        f"export-model: {names.model_name}@{alias} is v{version}, written to {args.output}", file=sys.stderr
-    )
+    home = open_registry().home(alias)
+    print(f"export-model: {home}@{alias} is v{version}, written to {args.output}", file=sys.stderr)
     print(version)
 
 

@@ -2,8 +2,8 @@
 
 MLflow has no atomic alias update, so two writers that read the aliases, decide and move them can
 interleave: two `register`s both take `staging` against the same incumbents, or `promote` clears a
-`staging` set a moment before. Every decision runs under `decision_lock`, chosen by where the registry
-lives:
+`staging` set a moment before. Every decision runs under `decision_lock`, one lock per registered model,
+chosen by where the registry lives:
 
 - SQLite: a file lock beside the database. Exclusive between processes of this machine, which is all
   that can open the file.
@@ -121,7 +121,21 @@ def _lease_lock(registry: Registry) -> Iterator[None]:
 
 @contextmanager
 def decision_lock(registry: Registry) -> Iterator[None]:
-    """Hold the model's registry lock for the duration of one decision."""
+    """Hold the registry locks for the duration of one decision: the candidate model's, then (for a
+    decision on the served model) the served model's. Always in that order, so two writers never hold
+    one each. register takes the candidates' alone (`decision_lock(registry.candidates)`): it cannot
+    write to the served model, and a promote or rollback it must wait for holds the candidates' too."""
+    with _model_lock(registry.candidates):
+        if registry.model_name == registry.candidate_name:
+            yield
+        else:
+            with _model_lock(registry):
+                yield
+
+
+@contextmanager
+def _model_lock(registry: Registry) -> Iterator[None]:
+    """One registered model's lock, chosen by the store."""
     uri = registry.uri
     if uri.startswith(SQLITE_PREFIX):
         with _file_lock(uri.removeprefix(SQLITE_PREFIX), registry.model_name):

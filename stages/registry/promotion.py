@@ -1,5 +1,10 @@
-"""Move the `production` alias: to the `staging` version (promote), or back to the one it replaced
-(rollback). Each move is recorded in version tags: who moved it, when, and which version it replaced.
+"""Move the `production` alias: to a copy of the `staging` candidate (promote), or back to the version it
+replaced (rollback). Each move is recorded in version tags: who moved it, when, which version it replaced,
+and which candidate version (and training run) the served version was copied from.
+
+Promote first copies the staged candidate into the served model (`MlflowClient.copy_model_version`, whose
+copy names its source, `models:/<candidates>/<version>`). A promote killed after the copy finds that copy
+by its source on the next run and reuses it, so a candidate is copied once.
 
 A move is three writes that MLflow cannot make atomic (the alias, the new version's tags, the old one's),
 so it is made recoverable instead. Under the registry lock, the intent (action, from, to, when, who) is
@@ -29,10 +34,18 @@ class Intent:
     target: str  # the version production moves to
     at: str
     by: str
+    candidate: str = NONE  # promote: the candidate version the target was copied from
 
 
 def _pending(registry: Registry) -> Intent | None:
-    text = registry.client.get_registered_model(registry.model_name).tags.get(INTENT_TAG)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        text = registry.client.get_registered_model(registry.model_name).tags.get(INTENT_TAG)
+    except MlflowException as error:  # no served model yet: the first promotion creates it by copying
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
     return Intent(**json.loads(text)) if text else None
 
 
@@ -41,7 +54,7 @@ def _finish(registry: Registry, intent: Intent) -> None:
     name, aliases = registry.model_name, registry.aliases
     if intent.action == "promote":
         staged = registry.staging()
-        if staged is not None and str(staged.version) == intent.target:
+        if staged is not None and str(staged.version) == intent.candidate:
             registry.clear(aliases.staging)  # only the version promoted: a newer staging stays
         registry.tag(
             intent.target,
@@ -49,7 +62,10 @@ def _finish(registry: Registry, intent: Intent) -> None:
             promoted_at=intent.at,
             promoted_by=intent.by,
             replaced_version=intent.source,
+            candidate_model=registry.candidate_name,
+            candidate_version=intent.candidate,
         )
+        registry.candidates.tag(intent.candidate, status="promoted", served_version=intent.target)
         crash_point("promote:between-tags")
         if intent.source != NONE:
             registry.tag(intent.source, status="archived", replaced_by=intent.target)
@@ -76,6 +92,22 @@ def recover(registry: Registry) -> str | None:
         return f"completed an interrupted {what}: the alias had moved"
     registry.client.delete_registered_model_tag(registry.model_name, INTENT_TAG)
     return f"reversed an interrupted {what}: the alias had not moved, nothing else had changed"
+
+
+def _source(registry: Registry, candidate: str) -> str:
+    return f"models:/{registry.candidate_name}/{candidate}"
+
+
+def copy_of(registry: Registry, candidate: str) -> str:
+    """The served version copied from this candidate version: an earlier copy when a killed promote left
+    one (found by the source the copy names), else a new copy."""
+    source = _source(registry, candidate)
+    for version in registry.client.search_model_versions(f"name = '{registry.model_name}'"):
+        if version.source == source:
+            return str(version.version)
+    copied = registry.client.copy_model_version(source, registry.model_name)
+    crash_point("promote:after-copy")
+    return str(copied.version)
 
 
 def _move(registry: Registry, intent: Intent) -> None:
@@ -106,14 +138,20 @@ def promote(registry: Registry, only_if_none: bool = False) -> str:
                     f"{load_params().paths.registry_report} for why the last version was not staged",
                 )
             )
-        if current is not None and current.version == staged.version:
-            return _with_recovery(note, f"{name}: v{staged.version} is already production")
+        candidate = str(staged.version)
+        if current is not None and current.source == _source(registry, candidate):
+            return _with_recovery(
+                note, f"{name}: v{current.version} (candidate v{candidate}) is already production"
+            )
+        target = copy_of(registry, candidate)
         when = stamp()
         replaced = str(current.version) if current is not None else NONE
-        _move(registry, Intent("promote", replaced, str(staged.version), when["at"], when["by"]))
+        _move(registry, Intent("promote", replaced, target, when["at"], when["by"], candidate))
         before = f"v{replaced}" if current is not None else "(none)"
         return _with_recovery(
-            note, f"{name}: production {before} -> v{staged.version} (by {when['by']} at {when['at']})"
+            note,
+            f"{name}: production {before} -> v{target}, a copy of {registry.candidate_name} "
+            f"v{candidate} (by {when['by']} at {when['at']})",
         )
 
 

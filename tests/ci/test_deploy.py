@@ -116,7 +116,8 @@ def test_an_unreachable_hook_counts_as_a_failed_rollout():
 
 
 def _registry(tmp_path, production: str, staging: str) -> str:
-    """A SQLite registry holding versions 1..2 of the project's model, with the two aliases set."""
+    """A SQLite registry holding candidates 1..2 of the project's model, production on the served copy of
+    `production`, `staging` on candidate `staging`."""
     from mlflow import MlflowClient
 
     from stages.params import load_params
@@ -124,11 +125,12 @@ def _registry(tmp_path, production: str, staging: str) -> str:
     names = load_params().mlflow
     uri = f"sqlite:///{tmp_path / 'registry.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.create_registered_model(names.model_name)
+    client.create_registered_model(names.candidate_model_name)
     for _ in range(2):
-        client.create_model_version(names.model_name, source=(tmp_path / "model").as_uri())
-    client.set_registered_model_alias(names.model_name, names.aliases.production, production)
-    client.set_registered_model_alias(names.model_name, names.aliases.staging, staging)
+        client.create_model_version(names.candidate_model_name, source=(tmp_path / "model").as_uri())
+    served = client.copy_model_version(f"models:/{names.candidate_model_name}/{production}", names.model_name)
+    client.set_registered_model_alias(names.model_name, names.aliases.production, served.version)
+    client.set_registered_model_alias(names.candidate_model_name, names.aliases.staging, staging)
     return uri
 
 

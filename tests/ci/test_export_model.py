@@ -34,13 +34,19 @@ def test_export_copies_the_first_alias_that_is_set_as_a_loadable_model(tmp_path,
     client.set_registered_model_alias("tiny", "production", "1")
 
     # Nothing staged: production's model.
-    assert export("tiny", ["staging", "production"], tmp_path / "out") == ("production", "1")
+    assert export("tiny", ["staging", "production"], tmp_path / "out", candidate_name="tiny") == (
+        "production",
+        "1",
+    )
     exported = mlflow.sklearn.load_model(str(tmp_path / "out"))
     np.testing.assert_allclose(exported.predict_proba(features), models[0].predict_proba(features))
 
     # A staged version is what production becomes on deploy: it wins, and replaces the old export.
     client.set_registered_model_alias("tiny", "staging", "2")
-    assert export("tiny", ["staging", "production"], tmp_path / "out") == ("staging", "2")
+    assert export("tiny", ["staging", "production"], tmp_path / "out", candidate_name="tiny") == (
+        "staging",
+        "2",
+    )
     exported = mlflow.sklearn.load_model(str(tmp_path / "out"))
     np.testing.assert_allclose(exported.predict_proba(features), models[1].predict_proba(features))
 

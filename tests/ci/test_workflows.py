@@ -83,9 +83,31 @@ def test_the_offline_linters_reject_a_broken_workflow(tmp_path):
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda path: path.name)
-def test_every_action_is_pinned_to_a_release(workflow: Path):
-    for uses in _uses(_load(workflow.name)):
-        assert re.fullmatch(r"[\w.-]+/[\w./-]+@v\d+(\.\d+){0,2}", uses), f"{uses} is not pinned to a release"
+def test_every_action_is_pinned_to_a_commit_with_its_release_in_a_comment(workflow: Path):
+    """The form only: a tag can be moved, a commit cannot, and a wrong SHA passes every offline check (the
+    note of issue 13 says where each came from). Dependabot reads the comment to propose the next one."""
+    uses = _uses(_load(workflow.name))
+    lines = [line.strip() for line in workflow.read_text().splitlines() if re.match(r"\s*(- )?uses:", line)]
+    assert len(lines) == len(uses) > 0
+    for line in lines:
+        assert re.fullmatch(r"(- )?uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+", line), line
+    versions: dict[str, set[str]] = {}
+    for line in lines:
+        action, _, rest = line.split("uses: ")[1].partition("@")
+        versions.setdefault(action, set()).add(rest)
+    assert all(len(pins) == 1 for pins in versions.values()), f"one pin per action: {versions}"
+
+
+def test_only_cd_s_production_environment_holds_the_credentials_that_move_production():
+    for workflow in WORKFLOWS:
+        for name, job in _load(workflow.name)["jobs"].items():
+            text = yaml.safe_dump(job)
+            if "MLFLOW_DEPLOYER_" in text:
+                assert (workflow.name, name) == ("cd.yml", "deploy")
+                assert job["environment"]["name"] == "production"
+    ci = (REPO_ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    assert "secrets.MLFLOW_PIPELINE_USERNAME" in ci and "secrets.MLFLOW_PIPELINE_PASSWORD" in ci
+    assert "secrets.MLFLOW_TRACKING_USERNAME" not in ci and "secrets.MLFLOW_TRACKING_PASSWORD" not in ci
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda path: path.name)

@@ -4,12 +4,15 @@ for real on loopback, with the project's own files.
 MLflow on a fresh PostgreSQL database <- the pipeline on a sample, promoted to production <- the api,
 which loads it from the registry <- Prometheus with prometheus.yml (only its targets rewritten) and the
 rules (only `for:` shortened) -> Alertmanager with alertmanager.yml through entrypoint.sh -> a webhook
-inside this test. The test drives traffic, evaluates every dashboard query, stops the api, and waits for
-ApiDown to be delivered.
+inside this test. Prometheus and Alertmanager run behind basic auth with the web config files that
+monitoring/auth/web_config.py writes, as in compose. The test checks that a request without credentials
+is refused, drives traffic, evaluates every dashboard query, stops the api, and waits for ApiDown to be
+delivered.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import threading
@@ -32,6 +35,7 @@ from tests.monitoring.native import (
     running_prometheus,
     wait_until,
     wait_until_ready,
+    web_auth,
     webhook_receiver,
 )
 from tests.support.pipeline import trained_and_promoted
@@ -43,6 +47,9 @@ SHORT_FOR = "1s"
 TRAFFIC_LIMIT = 5000  # requests of the background load, at most
 API_SERIES = [
     'up{job="api"} == 1',
+    # Scrapes behind basic auth: Prometheus sends its password files.
+    'up{job="prometheus"} == 1',
+    'up{job="alertmanager"} == 1',
     'model_loaded{job="api"} == 1',
     'model_info{job="api"}',
     'http_requests_total{job="api", handler="/predict", status="2xx"}',
@@ -132,11 +139,29 @@ def sample_values(answer: dict[str, Any]) -> list[float]:
     return [float(item["value"][1]) for item in answer["data"]["result"]]
 
 
-def panels_without_data(prometheus: str, panels: list[PanelQuery]) -> dict[str, list[float]]:
+def refused_without_credentials(
+    method: str, url: str, body: bytes | None = None, authorization: str | None = None
+) -> int:
+    """The status of a request that carries no credentials, or the given (wrong) ones."""
+    headers = {"Content-Type": "application/json"}
+    if authorization:
+        headers["Authorization"] = authorization
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code
+
+
+def panels_without_data(
+    prometheus: str, panels: list[PanelQuery], authorization: str
+) -> dict[str, list[float]]:
     """Each panel whose query returns no sample, or NaN (a quantile or ratio over no requests)."""
     missing = {}
     for panel in panels:
-        values = sample_values(query(prometheus, panel.expr))
+        values = sample_values(query(prometheus, panel.expr, authorization))
         if not values or any(math.isnan(value) for value in values):
             missing[f"{panel.dashboard} / {panel.panel}: {panel.expr}"] = values
     return missing
@@ -163,10 +188,12 @@ def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(t
         )
         api_args = ["python", "-m", "api", "--host", "127.0.0.1", "--port", str(api_port)]
         rules = rules_with_short_for(tmp_path / "rules", SHORT_FOR)
+        auth = web_auth(tmp_path / "auth")
+        as_prometheus = auth.header("prometheus")
 
         with (
             webhook_receiver() as webhook,
-            running_alertmanager(webhook.url, tmp_path / "alertmanager") as alertmanager,
+            running_alertmanager(webhook.url, tmp_path / "alertmanager", auth=auth) as alertmanager,
             running(api_args, tmp_path / "api.log", env=api_env, cwd=REPO_ROOT) as api_process,
         ):
             # /ready answers 503 until the model is loaded from the registry.
@@ -177,8 +204,23 @@ def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(t
                 "localhost:9090": f"127.0.0.1:{prometheus_port}",
                 "alertmanager:9093": alertmanager.removeprefix("http://"),
             }
-            config = loopback_prometheus_config(targets, rules)
-            with running_prometheus(config, tmp_path / "prometheus", port=prometheus_port) as prometheus:
+            config = loopback_prometheus_config(targets, rules, auth)
+            with running_prometheus(config, tmp_path / "prometheus", prometheus_port, auth) as prometheus:
+                # 0. Without credentials, neither answers: not a query, not the lifecycle API, not the
+                # cross-origin silence that once muted every alert.
+                silence = json.dumps({"matchers": [{"name": "alertname", "value": ".+", "isRegex": True}],
+                                      "startsAt": "2026-01-01T00:00:00Z", "endsAt": "2030-01-01T00:00:00Z",
+                                      "createdBy": "attacker", "comment": "mute"}).encode()  # fmt: skip
+                assert refused_without_credentials("POST", f"{alertmanager}/api/v2/silences", silence) == 401
+                assert refused_without_credentials("GET", f"{alertmanager}/api/v2/alerts") == 401
+                assert refused_without_credentials("GET", f"{prometheus}/api/v1/query?query=up") == 401
+                assert refused_without_credentials("POST", f"{prometheus}/-/quit") == 401
+                wrong = "Basic " + base64.b64encode(b"prometheus:not-the-password").decode()
+                assert (
+                    refused_without_credentials("GET", f"{prometheus}/api/v1/query?query=up", None, wrong)
+                    == 401
+                )
+
                 statuses = drive_traffic(api, rows, unseen)
                 assert statuses.get(200) == len(rows) + 2, statuses
                 assert statuses.get(422) == 2, statuses
@@ -186,7 +228,8 @@ def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(t
                 with BackgroundLoad(api, rows):
                     # 1. Prometheus holds the api's series.
                     for series in API_SERIES:
-                        wait_until(lambda s=series: sample_values(query(prometheus, s)), 60, what=series)
+                        wait_until(lambda s=series: sample_values(query(prometheus, s, as_prometheus)), 60,
+                                   what=series)  # fmt: skip
 
                     # 2. Every panel query evaluates; every api panel has data. Rates need two scrapes and
                     # a rule evaluation after the traffic, hence the polling.
@@ -194,13 +237,16 @@ def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(t
                     container_panels = [panel for panel in panel_queries() if "containers" in panel.tags]
                     assert api_panels and container_panels
                     try:
-                        wait_until(lambda: not panels_without_data(prometheus, api_panels), 120, interval=2)
+                        wait_until(lambda: not panels_without_data(prometheus, api_panels, as_prometheus), 120,
+                                   interval=2)  # fmt: skip
                     except TimeoutError:
-                        pytest.fail(f"api panels without data: {panels_without_data(prometheus, api_panels)}")
+                        missing = panels_without_data(prometheus, api_panels, as_prometheus)
+                        pytest.fail(f"api panels without data: {missing}")
                     for panel in container_panels:  # no cAdvisor here: they only have to evaluate
-                        sample_values(query(prometheus, panel.expr))
+                        sample_values(query(prometheus, panel.expr, as_prometheus))
 
-                # 3. The fault: the api stops. ApiDown must travel Prometheus -> Alertmanager -> webhook.
+                # 3. The fault: the api stops. ApiDown must travel Prometheus -> Alertmanager (with the
+                # alertmanager password) -> webhook.
                 assert webhook.alerts("ApiDown") == [], "ApiDown fired while the api was up"
                 stop(api_process)
                 receiver, alert = webhook.wait_for("ApiDown", timeout=150)

@@ -1,11 +1,18 @@
 """The stack's monitoring files, run natively: Prometheus and Alertmanager on loopback, an in-test webhook,
-and the queries of the Grafana dashboards. Shared by tests/monitoring and tests/e2e."""
+and the queries of the Grafana dashboards. Shared by tests/monitoring and tests/e2e.
+
+With a WebAuth (monitoring/auth/web_config.py run as compose runs it), Prometheus and Alertmanager start
+with their web config files, behind basic auth, and Prometheus sends the password files; without one,
+both run open and the config's basic_auth blocks are dropped."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import secrets
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -15,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -28,6 +35,7 @@ RULES_DIR = MONITORING / "prometheus" / "rules"
 RULE_TESTS_DIR = MONITORING / "prometheus" / "tests"
 ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
 ALERTMANAGER_ENTRYPOINT = MONITORING / "alertmanager" / "entrypoint.sh"
+WEB_CONFIG_SCRIPT = MONITORING / "auth" / "web_config.py"
 GRAFANA_DATASOURCES = MONITORING / "grafana" / "provisioning" / "datasources"
 GRAFANA_PROVIDERS = MONITORING / "grafana" / "provisioning" / "dashboards"
 DASHBOARDS_DIR = MONITORING / "grafana" / "dashboards"
@@ -52,18 +60,59 @@ def recorded_names() -> set[str]:
             for rule in group["rules"] if "record" in rule}  # fmt: skip
 
 
+# ---------------------------------------------------------------- basic auth
+@dataclass(frozen=True)
+class WebAuth:
+    """The files web_config.py wrote: a web config and a password file per service."""
+
+    directory: Path
+
+    def web_config(self, service: str) -> Path:
+        return self.directory / f"{service}-web.yml"
+
+    def password_file(self, service: str) -> Path:
+        return self.directory / f"{service}.password"
+
+    def header(self, service: str) -> str:
+        token = f"{service}:{self.password_file(service).read_text()}".encode()
+        return f"Basic {base64.b64encode(token).decode()}"
+
+
+def web_auth(directory: Path) -> WebAuth:
+    """monitoring/auth/web_config.py, run as compose's monitoring-auth job runs it, with fresh passwords."""
+    env = subprocess_env(
+        PROMETHEUS_PASSWORD=secrets.token_hex(16), ALERTMANAGER_PASSWORD=secrets.token_hex(16)
+    )
+    subprocess.run([sys.executable, str(WEB_CONFIG_SCRIPT), str(directory)], env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    return WebAuth(directory)
+
+
+def _authorized(request: str | urllib.request.Request, authorization: str | None) -> urllib.request.Request:
+    request = urllib.request.Request(request) if isinstance(request, str) else request
+    if authorization:
+        request.add_header("Authorization", authorization)
+    return request
+
+
 # ---------------------------------------------------------------- Prometheus
-def loopback_prometheus_config(targets: Mapping[str, str], rules_dir: Path = RULES_DIR) -> dict[str, Any]:
+def loopback_prometheus_config(
+    targets: Mapping[str, str], rules_dir: Path = RULES_DIR, auth: WebAuth | None = None
+) -> dict[str, Any]:
     """prometheus.yml with only its target addresses replaced (compose name -> loopback address), and its
     rule_files pointed at `rules_dir` (the project's rules, or a copy of them), since the result is
-    written elsewhere. An address missing from `targets` raises KeyError: the test must know them all."""
+    written elsewhere. An address missing from `targets` raises KeyError: the test must know them all.
+    The basic_auth password files point at `auth`'s, or, without auth, the blocks are dropped."""
     config = load_yaml(PROMETHEUS_CONFIG)
-    for scrape in config["scrape_configs"]:
-        for static in scrape["static_configs"]:
+    for section in [*config["scrape_configs"], *config["alerting"]["alertmanagers"]]:
+        for static in section["static_configs"]:
             static["targets"] = [targets[target] for target in static["targets"]]
-    for alertmanager in config["alerting"]["alertmanagers"]:
-        for static in alertmanager["static_configs"]:
-            static["targets"] = [targets[target] for target in static["targets"]]
+        if "basic_auth" in section:
+            if auth is None:
+                del section["basic_auth"]
+            else:
+                name = PurePosixPath(section["basic_auth"]["password_file"]).stem
+                section["basic_auth"]["password_file"] = str(auth.password_file(name))
     config["rule_files"] = [
         str(rules_dir / Path(pattern).relative_to("rules")) for pattern in config["rule_files"]
     ]
@@ -84,7 +133,9 @@ def rules_with_short_for(dest: Path, duration: str) -> Path:
 
 
 @contextmanager
-def running_prometheus(config: dict[str, Any], workdir: Path, port: int | None = None) -> Iterator[str]:
+def running_prometheus(
+    config: dict[str, Any], workdir: Path, port: int | None = None, auth: WebAuth | None = None
+) -> Iterator[str]:
     binary = require_tool("prometheus")
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -96,33 +147,35 @@ def running_prometheus(config: dict[str, Any], workdir: Path, port: int | None =
         f"--config.file={config_file}",
         f"--storage.tsdb.path={workdir / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
+        *([f"--web.config.file={auth.web_config('prometheus')}"] if auth else []),
     ]
+    authorization = auth.header("prometheus") if auth else None
     with running(args, workdir / "prometheus.log") as process:
-        wait_until_ready(f"{url}/-/ready", process, workdir / "prometheus.log", timeout=60)
+        wait_until_ready(f"{url}/-/ready", process, workdir / "prometheus.log", 60, authorization)
         yield url
 
 
-def query(prometheus_url: str, expr: str) -> dict[str, Any]:
+def query(prometheus_url: str, expr: str, authorization: str | None = None) -> dict[str, Any]:
     """An instant query; returns Prometheus' JSON answer, errors included (HTTP 400/422 carry JSON too)."""
     data = urllib.parse.urlencode({"query": expr}).encode()
     request = urllib.request.Request(f"{prometheus_url}/api/v1/query", data=data, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(_authorized(request, authorization), timeout=10) as response:
             return json.load(response)
     except urllib.error.HTTPError as error:
         with error:  # an unclosed error response is a ResourceWarning, and warnings are errors here
             return json.loads(error.read() or b"{}") or {"status": "error", "error": str(error)}
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def get_json(url: str, authorization: str | None = None) -> Any:
+    with urllib.request.urlopen(_authorized(url, authorization), timeout=10) as response:
         return json.load(response)
 
 
-def http_status(url: str) -> int | None:
+def http_status(url: str, authorization: str | None = None) -> int | None:
     """The status code of a GET, or None when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(_authorized(url, authorization), timeout=5) as response:
             return response.status
     except urllib.error.HTTPError as error:
         with error:
@@ -131,11 +184,13 @@ def http_status(url: str) -> int | None:
         return None
 
 
-def wait_until_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
+def wait_until_ready(
+    url: str, process: subprocess.Popen, log_path: Path, timeout: float, authorization: str | None = None
+) -> None:
     """Poll until `url` answers 200. Unlike a bare urlopen loop, this closes the 503s of a server that is
     still starting: an unclosed error response is a ResourceWarning, and warnings are errors here."""
-    wait_until(lambda: process.poll() is not None or http_status(url) == 200, timeout, interval=0.25,
-               what=f"{url} answers 200")  # fmt: skip
+    wait_until(lambda: process.poll() is not None or http_status(url, authorization) == 200, timeout,
+               interval=0.25, what=f"{url} answers 200")  # fmt: skip
     if process.poll() is not None:
         raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{tail(log_path)}")
 
@@ -216,7 +271,9 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
 
 
 @contextmanager
-def running_alertmanager(webhook_url: str, workdir: Path, port: int | None = None) -> Iterator[str]:
+def running_alertmanager(
+    webhook_url: str, workdir: Path, port: int | None = None, auth: WebAuth | None = None
+) -> Iterator[str]:
     """The project's alertmanager.yml, started through the project's entrypoint.sh exactly as compose does,
     with ALERTMANAGER_WEBHOOK_URL pointing at `webhook_url`."""
     binary = require_tool("prometheus-alertmanager")
@@ -229,10 +286,12 @@ def running_alertmanager(webhook_url: str, workdir: Path, port: int | None = Non
         f"--storage.path={workdir / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
         "--cluster.listen-address=",
+        *([f"--web.config.file={auth.web_config('alertmanager')}"] if auth else []),
     ]  # fmt: skip
     env = subprocess_env(ALERTMANAGER_WEBHOOK_URL=webhook_url)
+    authorization = auth.header("alertmanager") if auth else None
     with running(args, workdir / "alertmanager.log", env=env) as process:
-        wait_until_ready(f"{url}/-/ready", process, workdir / "alertmanager.log", timeout=30)
+        wait_until_ready(f"{url}/-/ready", process, workdir / "alertmanager.log", 30, authorization)
         yield url
 
 

@@ -1,5 +1,6 @@
 """compose.yaml, checked without a Docker engine: the compose spec's schema, the stack's rules for every
-service, its secrets, and that every file it mounts or builds from exists."""
+service (least privilege included: capabilities, a read-only root, limits, networks, digests), its
+secrets, and that every file it mounts or builds from exists."""
 
 from __future__ import annotations
 
@@ -16,9 +17,23 @@ COMPOSE = load_yaml(COMPOSE_FILE)
 SERVICES = COMPOSE["services"]
 # `${NAME}`, `${NAME:-default}`, `${NAME:?message}` and friends, as compose interpolates them.
 VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
-SECRETS = {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "ALERTMANAGER_WEBHOOK_URL"}
-# cAdvisor's job is to read the host: its mounts are the only host paths in the stack.
+SECRETS = {
+    "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "ALERTMANAGER_WEBHOOK_URL",
+    "PROMETHEUS_PASSWORD", "ALERTMANAGER_PASSWORD",
+    "MLFLOW_ADMIN_PASSWORD", "MLFLOW_PIPELINE_PASSWORD", "MLFLOW_DEPLOYER_PASSWORD", "MLFLOW_API_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+}  # fmt: skip
+# cAdvisor's job is to read the host: its mounts are the only host paths in the stack, and only these
+# (README, "The stack under least privilege", says why each).
 HOST_READERS = {"cadvisor"}
+CADVISOR_HOST_PATHS = {"/sys", "/proc", "/var/lib/docker", "/var/run/docker.sock"}
+# `dvc repro` writes dvc.lock and data/ into its work tree (/app): the one writable root filesystem.
+READ_ONLY_EXEMPT = {"trainer"}
+# Images whose digest no source reachable from here could give; pinned by tag only until one is checked
+# against the registry (`docker buildx imagetools inspect prom/prometheus:v2.42.0`). Not to grow.
+UNPINNED_DIGESTS = {"prometheus", "alertmanager"}
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+BACKEND, MONITORING = "backend", "monitoring"
 
 
 def volume_mounts(service: dict) -> list[tuple[str, str, str]]:
@@ -52,37 +67,132 @@ def test_every_service_has_a_healthcheck(name):
     assert check.get("test") and check["test"][0] in {"CMD", "CMD-SHELL"}, name
 
 
+def one_shot(name: str) -> bool:
+    """A job that runs once and exits: never restarted, waited for by its completion."""
+    return "restart" not in SERVICES[name]
+
+
 @pytest.mark.parametrize("name", sorted(SERVICES))
-def test_every_dependency_waits_for_health(name):
+def test_every_dependency_waits_for_health_or_for_a_job_to_finish(name):
     depends_on = SERVICES[name].get("depends_on", {})
     assert isinstance(depends_on, dict), f"{name}: the short list form cannot say service_healthy"
     for dependency, spec in depends_on.items():
         assert dependency in SERVICES
-        assert spec["condition"] == "service_healthy", f"{name} -> {dependency}"
+        expected = "service_completed_successfully" if one_shot(dependency) else "service_healthy"
+        assert spec["condition"] == expected, f"{name} -> {dependency}"
         assert "healthcheck" in SERVICES[dependency]
 
 
-def test_the_dependencies_that_matter():
-    def needs(name: str) -> set[str]:
-        return set(SERVICES[name].get("depends_on", {}))
+def needs(name: str) -> set[str]:
+    """Everything a service waits for, directly or through what it waits for."""
+    direct = set(SERVICES[name].get("depends_on", {}))
+    return direct.union(*(needs(dependency) for dependency in direct))
 
+
+def test_the_dependencies_that_matter():
     assert needs("mlflow") == {"postgres"}
-    assert "mlflow" in needs("api") and "mlflow" in needs("trainer")
+    # Nobody logs in before the users exist.
+    for name in ("api", "trainer", "promoter"):
+        assert "registry-access" in needs(name) and "mlflow" in needs(name), name
     assert "prometheus" in needs("grafana")
+    assert {"monitoring-auth"} <= needs("prometheus") & needs("alertmanager")
     # Prometheus must start even when the api cannot: it is what reports the api down.
     assert "api" not in needs("prometheus")
+
+
+def built_here(service: dict) -> bool:
+    """The stack's own images (the pipeline's and the api's): built by compose, or by it for others."""
+    return "build" in service or str(service["image"]).endswith(":local")
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
 def test_every_image_tag_is_pinned(name):
     service = SERVICES[name]
     assert "image" in service, f"{name}: a built service still names its image, so it is never `latest`"
-    image = service["image"]
+    image = DIGEST.sub("", service["image"])
     repository, _, tag = image.rpartition(":")
     assert repository and "/" not in tag, f"{name}: {image} has no tag"
     assert tag != "latest"
-    if "build" not in service:
+    if not built_here(service):
         assert re.search(r"\d", tag), f"{name}: {image} is not pinned to a version"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_pulled_image_is_pinned_by_tag_and_digest(name):
+    """The form only: a wrong digest passes every offline check (the note of issue 13 says where each
+    came from). A tag alone can be re-pushed; tag@digest cannot, and still says which version it is."""
+    service = SERVICES[name]
+    if built_here(service) or name in UNPINNED_DIGESTS:
+        return
+    assert DIGEST.search(service["image"]), f"{name}: {service['image']} has no @sha256:<64 hex> digest"
+    assert ":" in service["image"].split("@")[0].rsplit("/", 1)[-1], f"{name}: a digest needs its tag too"
+
+
+def test_the_unpinned_digests_are_only_the_known_ones():
+    unpinned = {name for name, service in SERVICES.items()
+                if not built_here(service) and not DIGEST.search(service["image"])}  # fmt: skip
+    assert unpinned == UNPINNED_DIGESTS
+
+
+# ---------------------------------------------------------------- least privilege
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_service_drops_capabilities_and_privileges(name):
+    service = SERVICES[name]
+    assert service.get("cap_drop") == ["ALL"], name
+    assert "cap_add" not in service, name
+    assert "no-new-privileges:true" in service.get("security_opt", []), name
+    assert not service.get("privileged", False), name
+    assert "devices" not in service, name
+    assert service.get("user") not in {"0", "root", "0:0", "root:root"}, f"{name} runs as root"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_service_has_a_read_only_root_and_bounded_processes(name):
+    service = SERVICES[name]
+    if name in READ_ONLY_EXEMPT:
+        assert service.get("read_only") is False, f"{name}: the exemption is written out in compose.yaml"
+    else:
+        assert service.get("read_only") is True, name
+    assert isinstance(service.get("pids_limit"), int) and 0 < service["pids_limit"] <= 1024, name
+    nofile = service.get("ulimits", {}).get("nofile", {})
+    assert 0 < nofile.get("soft", 0) <= nofile.get("hard", 0) <= 65536, name
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_writable_path_is_a_tmpfs_or_a_named_volume(name):
+    """A read-only service writes only where compose says: its tmpfs mounts and its named volumes."""
+    service = SERVICES[name]
+    for entry in service.get("tmpfs", []):
+        assert str(entry).startswith("/"), (name, entry)
+    for source, _target, mode in volume_mounts(service):
+        if mode != "ro":
+            assert not source.startswith(("./", "/")), f"{name}: {source} is writable"
+
+
+def networks_of(name: str) -> set[str]:
+    return set(SERVICES[name].get("networks", []))
+
+
+def test_the_backend_and_the_monitoring_networks_are_apart():
+    assert set(COMPOSE["networks"]) == {BACKEND, MONITORING}
+    for name in ("postgres", "mlflow", "registry-access", "trainer", "promoter"):
+        assert networks_of(name) == {BACKEND}, name
+    for name in ("prometheus", "alertmanager", "grafana", "cadvisor"):
+        assert networks_of(name) == {MONITORING}, name
+    # The api alone is on both: the registry on one side, Prometheus' scrape on the other.
+    assert networks_of("api") == {BACKEND, MONITORING}
+    assert SERVICES["monitoring-auth"]["network_mode"] == "none"
+    for name, service in SERVICES.items():
+        assert "network_mode" not in service or service["network_mode"] == "none", name
+        assert "networks" in service or "network_mode" in service, f"{name} is on the default network"
+
+
+def test_cadvisor_reads_only_what_it_needs():
+    cadvisor = SERVICES["cadvisor"]
+    host = {source.rstrip("/") for source, _, _ in volume_mounts(cadvisor) if source.startswith("/")}
+    assert host == CADVISOR_HOST_PATHS
+    assert all(mode == "ro" for _, _, mode in volume_mounts(cadvisor))
+    assert "/var/run" not in host and "/" not in host
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -131,14 +241,57 @@ def repository_path_in(service: str, container_path: str) -> Path | None:
     return None
 
 
-def test_the_files_prometheus_is_told_to_read_are_mounted_from_the_repository():
-    flags = dict(
-        arg.removeprefix("--").split("=", 1) for arg in SERVICES["prometheus"]["command"] if "=" in arg
+def flags(service: str) -> dict[str, str]:
+    command = SERVICES[service]["command"]
+    return dict(
+        arg.removeprefix("--").split("=", 1) for arg in command if str(arg).startswith("--") and "=" in arg
     )
-    config = repository_path_in("prometheus", flags["config.file"])
+
+
+def test_prometheus_has_no_lifecycle_api_and_both_answer_only_with_basic_auth():
+    assert not any("lifecycle" in str(arg) for arg in SERVICES["prometheus"]["command"])
+    for service in ("prometheus", "alertmanager"):
+        web_config = PurePosixPath(flags(service)["web.config.file"])
+        mounted = {target: source for source, target, _ in volume_mounts(SERVICES[service])}
+        assert mounted[str(web_config.parent)] == "monitoring-auth", service
+        assert web_config.name == f"{service}-web.yml"
+        # Their healthchecks log in too: every endpoint, /-/healthy included, needs the password.
+        check = " ".join(SERVICES[service]["healthcheck"]["test"])
+        assert f"{web_config.parent}/{service}.password" in check, service
+    job = SERVICES["monitoring-auth"]
+    assert job["command"][1] == "/monitoring-auth/web_config.py"
+    assert (
+        repository_path_in("monitoring-auth", job["command"][1])
+        == REPO_ROOT / "monitoring/auth/web_config.py"
+    )
+
+
+def test_mlflow_runs_its_basic_auth_app_and_every_client_logs_in_as_its_own_user():
+    mlflow = SERVICES["mlflow"]
+    assert flags("mlflow")["app-name"] == "basic-auth"
+    config = mlflow["environment"]["MLFLOW_AUTH_CONFIG_PATH"]
+    assert (REPO_ROOT / PurePosixPath(config).relative_to("/app")).is_file()  # stages/ is copied to /app
+    users = {"api": "api", "trainer": "pipeline", "promoter": "deployer"}
+    for name, user in users.items():
+        environment = SERVICES[name]["environment"]
+        assert environment["MLFLOW_TRACKING_USERNAME"] == user, name
+        assert f"MLFLOW_{user.upper()}_PASSWORD" in environment["MLFLOW_TRACKING_PASSWORD"], name
+    # The password that can move production reaches only the deployer's job and the one that sets it.
+    holders = {
+        name
+        for name, service in SERVICES.items()
+        if "MLFLOW_DEPLOYER_PASSWORD" in str(service.get("environment"))
+    }
+    assert holders == {"promoter", "registry-access"}
+    assert SERVICES["promoter"]["profiles"] == ["deployer"]
+
+
+def test_the_files_prometheus_is_told_to_read_are_mounted_from_the_repository():
+    config_file = flags("prometheus")["config.file"]
+    config = repository_path_in("prometheus", config_file)
     assert config is not None and config.is_file()
     for pattern in load_yaml(config)["rule_files"]:
-        in_container = str(PurePosixPath(flags["config.file"]).parent / pattern)
+        in_container = str(PurePosixPath(config_file).parent / pattern)
         rules = repository_path_in("prometheus", str(PurePosixPath(in_container).parent))
         assert rules is not None and list(rules.glob(PurePosixPath(pattern).name)), pattern
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,7 @@ from tests.monitoring.native import (
     COMPOSE_FILE,
     PROMETHEUS_CONFIG,
     RULE_TESTS_DIR,
+    WebAuth,
     alerting_rules,
     load_yaml,
     loopback_prometheus_config,
@@ -109,17 +111,37 @@ def test_every_target_is_a_compose_service_on_a_port_it_serves():
             assert any(mapping.endswith(f":{port}") for mapping in published), (target, published)
 
 
-def test_the_loopback_rewrite_changes_only_addresses_and_rule_paths(tmp_path):
+def test_the_loopback_rewrite_changes_only_addresses_rule_paths_and_password_files(tmp_path):
     original = load_yaml(PROMETHEUS_CONFIG)
     names = ["api:8000", "cadvisor:8080", "localhost:9090", "alertmanager:9093"]
     mapping = {name: f"127.0.0.1:{10000 + index}" for index, name in enumerate(names)}
-    rewritten = loopback_prometheus_config(mapping, tmp_path)
+    auth = WebAuth(tmp_path / "auth")
+    rewritten = loopback_prometheus_config(mapping, tmp_path, auth)
 
     assert rewritten["scrape_configs"][0]["static_configs"][0]["targets"][0].startswith("127.0.0.1:")
     assert rewritten["rule_files"] == [str(tmp_path / "*.yml")]
+    assert rewritten["alerting"]["alertmanagers"][0]["basic_auth"] == {
+        "username": "alertmanager", "password_file": str(auth.password_file("alertmanager")),
+    }  # fmt: skip
     for config in (original, rewritten):
         for section in [*config["scrape_configs"], *config["alerting"]["alertmanagers"]]:
             for static in section["static_configs"]:
                 static["targets"] = []
+            if "basic_auth" in section:
+                section["basic_auth"]["password_file"] = Path(section["basic_auth"]["password_file"]).name
         config["rule_files"] = []
     assert rewritten == original
+
+
+def test_prometheus_sends_credentials_to_itself_and_alertmanager_each_under_its_own_name():
+    config = load_yaml(PROMETHEUS_CONFIG)
+    sections = {scrape["job_name"]: scrape for scrape in config["scrape_configs"]}
+    sections["alerting"] = config["alerting"]["alertmanagers"][0]
+    for name, service in (
+        ("prometheus", "prometheus"),
+        ("alertmanager", "alertmanager"),
+        ("alerting", "alertmanager"),
+    ):
+        assert sections[name]["basic_auth"] == {
+            "username": service, "password_file": f"/etc/prometheus/auth/{service}.password",
+        }, name  # fmt: skip

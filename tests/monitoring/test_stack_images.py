@@ -206,3 +206,12 @@ def test_the_stack_targets_refuse_to_run_without_dot_env(tmp_path, target):
     assert result.returncode != 0
     assert ".env is missing" in result.stderr and ".env.example" in result.stderr
     assert "docker" not in result.stdout, "the check must come before compose runs"
+
+
+def test_the_base_image_is_pinned_by_tag_and_digest():
+    """The form only: a wrong digest passes every offline check. A tag can be re-pushed; tag@digest
+    cannot, and still says which version it is."""
+    bases = [argument.split()[0] for keyword, argument in instructions() if keyword == "FROM"]
+    assert bases
+    for base in bases:
+        assert re.fullmatch(r"[a-z0-9./-]+:[\w.-]+@sha256:[0-9a-f]{64}", base), base

@@ -73,7 +73,7 @@ def test_queued_and_workspace_experiments_all_land_in_the_repository_store(tmp_p
     assert sorted(run.data.tags["dvc_exp_name"] for run in parents) == sorted(experiments)
     assert {run.info.run_name for run in parents} == set(experiments)
     assert {run.data.tags["git_sha"] for run in parents} == {baseline}
-    versions = client.search_model_versions("name = 'adult-income'")
+    versions = client.search_model_versions("name = 'adult-income-candidates'")
     assert sorted(version.tags["dvc_exp_name"] for version in versions) == sorted(experiments)
     # Artifacts of runs made in the deleted temp copies live under the repository, not in the copies.
     assert len(list((workdir / "mlruns").rglob("MLmodel"))) >= 6

@@ -94,13 +94,15 @@ def test_the_model_is_registered_with_lineage_and_moves_by_aliases(trained_pipel
     assert float(version.tags["metric.roc_auc"]) == metrics["roc_auc"]
     assert version.tags["status"] == "production"
     assert version.tags["replaced_version"] == "none"
-    model = client.get_registered_model(trained_pipeline.model_name)
-    assert {alias: str(v) for alias, v in model.aliases.items()} == {
-        "development": str(version.version),
-        "production": str(version.version),
-    }
+    # The served version is a copy of the candidate that register staged, and names it.
     registry = json.loads((trained_pipeline.workdir / "data" / "reports" / "registry.json").read_text())
-    assert registry["staging"] is True and registry["version"] == str(version.version)
+    assert registry["staging"] is True and registry["model_name"] == "adult-income-candidates"
+    assert version.tags["candidate_version"] == registry["version"]
+    assert version.source == f"models:/adult-income-candidates/{registry['version']}"
+    served = client.get_registered_model(trained_pipeline.model_name)
+    assert {alias: str(v) for alias, v in served.aliases.items()} == {"production": str(version.version)}
+    candidates = client.get_registered_model("adult-income-candidates")
+    assert {alias: str(v) for alias, v in candidates.aliases.items()} == {"development": registry["version"]}
 
 
 def test_running_again_with_nothing_changed_does_nothing(trained_pipeline, client):

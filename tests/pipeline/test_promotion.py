@@ -71,11 +71,12 @@ def registry_copy(trained_pipeline, tmp_path):
     mlflow.set_tracking_uri(previous)
 
 
-def aliases(client) -> dict[str, str]:
+SERVED, CANDIDATES = "adult-income", "adult-income-candidates"
+
+
+def aliases(client, model: str = SERVED) -> dict[str, str]:
     # Versions are ints from SQLite and strings over REST; compare as strings.
-    return {
-        alias: str(version) for alias, version in client.get_registered_model("adult-income").aliases.items()
-    }
+    return {alias: str(version) for alias, version in client.get_registered_model(model).aliases.items()}
 
 
 def test_a_worse_model_is_registered_but_never_staged(registry_copy):
@@ -86,11 +87,11 @@ def test_a_worse_model_is_registered_but_never_staged(registry_copy):
                          "quality.metrics.accuracy.floor": None})  # fmt: skip
     run(workdir, uri, "dvc", "repro")
 
-    versions = {str(v.version): v for v in client.search_model_versions("name = 'adult-income'")}
+    versions = {str(v.version): v for v in client.search_model_versions(f"name = '{CANDIDATES}'")}
     assert sorted(versions, key=int) == ["1", "2"]
     assert versions["2"].tags["status"] == "rejected"
     assert "FAIL does not beat production v1 on roc_auc" in versions["2"].tags["decision"]
-    assert aliases(client) == {"production": "1", "development": "2"}
+    assert aliases(client) == {"production": "1"} and aliases(client, CANDIDATES) == {"development": "2"}
     registry = json.loads((workdir / "data" / "reports" / "registry.json").read_text())
     assert registry["staging"] is False
     assert [(rival["alias"], rival["version"]) for rival in registry["compared_with"]] == [
@@ -105,20 +106,22 @@ def test_a_worse_model_is_registered_but_never_staged(registry_copy):
 def test_promote_and_rollback_move_production_with_a_record(registry_copy):
     workdir, uri, client = registry_copy
     run(workdir, uri, "dvc", "repro")  # the same model again: it ties production, so it is not staged
-    assert "staging" not in aliases(client)
-    client.set_registered_model_alias("adult-income", "staging", "2")  # as if it had won
+    assert "staging" not in aliases(client, CANDIDATES)
+    client.set_registered_model_alias(CANDIDATES, "staging", "2")  # as if it had won
 
     promoted = run(workdir, uri, "python", "-m", "stages.registry", "promote")
-    assert "production v1 -> v2" in promoted.stdout
-    assert aliases(client) == {"production": "2", "development": "2"}
-    new, old = client.get_model_version("adult-income", "2"), client.get_model_version("adult-income", "1")
+    assert "production v1 -> v2, a copy of adult-income-candidates v2" in promoted.stdout
+    assert aliases(client) == {"production": "2"} and aliases(client, CANDIDATES) == {"development": "2"}
+    new, old = client.get_model_version(SERVED, "2"), client.get_model_version(SERVED, "1")
     assert new.tags["replaced_version"] == "1" and new.tags["promoted_by"]
+    assert new.tags["candidate_version"] == "2" and new.source == f"models:/{CANDIDATES}/2"
+    assert mlflow.sklearn.load_model(f"models:/{SERVED}@production").predict_proba is not None
     assert old.tags["status"] == "archived" and old.tags["replaced_by"] == "2"
 
     rolled = run(workdir, uri, "python", "-m", "stages.registry", "rollback")
     assert "production v2 -> v1" in rolled.stdout
     assert aliases(client)["production"] == "1"
-    assert client.get_model_version("adult-income", "2").tags["status"] == "rolled_back"
+    assert client.get_model_version(SERVED, "2").tags["status"] == "rolled_back"
 
 
 def test_bad_data_stops_before_training_and_leaves_the_registry_alone(registry_copy):
@@ -144,5 +147,5 @@ def test_bad_data_stops_before_training_and_leaves_the_registry_alone(registry_c
     assert "in_range(17, 90) on column 'age'" in result.stderr + result.stdout
     assert "Running stage 'train'" not in result.stdout
     assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before
-    assert [str(v.version) for v in client.search_model_versions("name = 'adult-income'")] == ["1"]
-    assert aliases(client) == {"production": "1", "development": "1"}
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{CANDIDATES}'")] == ["1"]
+    assert aliases(client) == {"production": "1"} and aliases(client, CANDIDATES) == {"development": "1"}

@@ -21,19 +21,22 @@ from tests.support.processes import REPO_ROOT, subprocess_env
 pytestmark = pytest.mark.slow
 
 MODEL = "adult-income"
+CANDIDATES = "adult-income-candidates"
 
 
 @pytest.fixture(scope="module")
 def store_template(tmp_path_factory):
-    """A SQLite registry with versions 1..3 of the project's model: production v1, staging v2."""
+    """A SQLite registry with candidates 1..3 of the project's model, staging on candidate 2, and the
+    served model's v1, a copy of candidate 1, in production."""
     folder = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{folder / 'registry.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.create_registered_model(MODEL)
+    client.create_registered_model(CANDIDATES)
     for _ in range(3):
-        client.create_model_version(MODEL, source=(folder / "artifact").as_uri())
+        client.create_model_version(CANDIDATES, source=(folder / "artifact").as_uri())
+    client.copy_model_version(f"models:/{CANDIDATES}/1", MODEL)
     client.set_registered_model_alias(MODEL, "production", "1")
-    client.set_registered_model_alias(MODEL, "staging", "2")
+    client.set_registered_model_alias(CANDIDATES, "staging", "2")
     return folder / "registry.db"
 
 
@@ -54,12 +57,12 @@ def registry(uri: str, *args: str, crash_at: str | None = None) -> subprocess.Co
     )  # fmt: skip
 
 
-def state(uri: str) -> tuple[dict[str, str], dict[str, str]]:
-    """(alias -> version, version -> status tag)."""
+def state(uri: str, model: str = MODEL) -> tuple[dict[str, str], dict[str, str]]:
+    """(alias -> version, version -> status tag), of the served model unless told otherwise."""
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    aliases = {alias: str(version) for alias, version in client.get_registered_model(MODEL).aliases.items()}
+    aliases = {alias: str(version) for alias, version in client.get_registered_model(model).aliases.items()}
     statuses = {
-        str(v.version): v.tags.get("status", "") for v in client.search_model_versions(f"name = '{MODEL}'")
+        str(v.version): v.tags.get("status", "") for v in client.search_model_versions(f"name = '{model}'")
     }
     return aliases, statuses
 
@@ -80,11 +83,21 @@ def test_a_promote_killed_after_the_alias_moved_is_completed_and_can_be_rolled_b
 
 def test_a_promote_killed_before_the_alias_moved_is_reversed_and_promote_goes_ahead(store):
     assert registry(store, "promote", crash_at="promote:before-alias").returncode == -9
-    assert state(store)[0] == {"production": "1", "staging": "2"}
+    assert state(store)[0] == {"production": "1"} and state(store, CANDIDATES)[0] == {"staging": "2"}
     again = registry(store, "promote")
     assert again.returncode == 0, again.stderr
     assert "reversed an interrupted promote v1 -> v2" in again.stdout
-    assert state(store) == ({"production": "2"}, {"1": "archived", "2": "production", "3": ""})
+    assert state(store) == ({"production": "2"}, {"1": "archived", "2": "production"})
+    assert state(store, CANDIDATES) == ({}, {"1": "", "2": "promoted", "3": ""})
+
+
+def test_a_promote_killed_after_the_copy_reuses_that_copy(store):
+    assert registry(store, "promote", crash_at="promote:after-copy").returncode == -9
+    assert state(store) == ({"production": "1"}, {"1": "", "2": ""})  # copied, nothing moved yet
+    again = registry(store, "promote")
+    assert again.returncode == 0, again.stderr
+    assert "production v1 -> v2, a copy of adult-income-candidates v2" in again.stdout
+    assert state(store) == ({"production": "2"}, {"1": "archived", "2": "production"})  # no v3
 
 
 def test_a_promote_killed_between_its_tags_never_leaves_two_production_versions(store):
@@ -105,9 +118,10 @@ def test_random_kills_of_promote_and_rollback_always_leave_a_consistent_registry
     env = subprocess_env(MLFLOW_TRACKING_URI=store)
     for attempt in range(4):
         command = "promote" if attempt % 2 == 0 else "rollback"
-        if command == "promote" and client.get_registered_model(MODEL).aliases.get("staging") is None:
-            production = str(client.get_registered_model(MODEL).aliases["production"])
-            client.set_registered_model_alias(MODEL, "staging", "3" if production != "3" else "2")
+        if command == "promote" and client.get_registered_model(CANDIDATES).aliases.get("staging") is None:
+            production = client.get_model_version_by_alias(MODEL, "production").source
+            staged = "3" if production != f"models:/{CANDIDATES}/3" else "2"
+            client.set_registered_model_alias(CANDIDATES, "staging", staged)
         process = subprocess.Popen(
             [sys.executable, "-m", "stages.registry", command], cwd=REPO_ROOT, env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -121,6 +135,8 @@ def test_random_kills_of_promote_and_rollback_always_leave_a_consistent_registry
         producing = [version for version, status in statuses.items() if status == "production"]
         assert producing in ([], [aliases["production"]]), (attempt, aliases, statuses)
         assert "promotion_intent" not in client.get_registered_model(MODEL).tags
+        sources = [v.source for v in client.search_model_versions(f"name = '{MODEL}'")]
+        assert len(sources) == len(set(sources)), ("a candidate copied twice", attempt, sources)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +146,8 @@ def rival_template(trained_pipeline, tmp_path_factory):
     folder = tmp_path_factory.mktemp("rivals")
     shutil.copy(trained_pipeline.tracking_uri.removeprefix("sqlite:///"), folder / "mlflow.db")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    MlflowClient(tracking_uri=uri, registry_uri=uri).delete_registered_model(MODEL)  # the runs stay
+    for model in (MODEL, CANDIDATES):  # the runs stay
+        MlflowClient(tracking_uri=uri, registry_uri=uri).delete_registered_model(model)
     floors = {"quality.metrics.roc_auc.floor": 0.5, "quality.metrics.pr_auc.floor": None,
               "quality.metrics.accuracy.floor": None}  # fmt: skip
     for name in ("good", "worse"):
@@ -165,7 +182,7 @@ def test_two_registers_at_once_leave_staging_with_the_better_model(rival_workspa
     assert [process.returncode for process in (first, second)] == [0, 0], outputs
     reports = {name: json.loads((folder / "data" / "reports" / "registry.json").read_text())
                for name, folder in (("good", good), ("worse", worse))}  # fmt: skip
-    aliases, _ = state(uri)
+    aliases, _ = state(uri, CANDIDATES)
     assert aliases.get("staging") == reports["good"]["version"], (aliases, outputs)
     # Serialised: whichever went second compared itself with the first's staging version.
     seconds = [r for r in reports.values() if any(c["alias"] == "staging" for c in r["compared_with"])]
@@ -179,16 +196,16 @@ def test_register_run_again_after_a_kill_finishes_the_version_instead_of_adding_
     killed = subprocess.run([sys.executable, "-m", "stages.register"], cwd=good, env=env, capture_output=True)
     assert killed.returncode == -9
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    versions = {str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")}
+    versions = {str(v.version) for v in client.search_model_versions(f"name = '{CANDIDATES}'")}
     env.pop(CRASH_AT)
     again = subprocess.run(
         [sys.executable, "-m", "stages.register"], cwd=good, env=env, capture_output=True, text=True
     )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "was already registered from this training run" in again.stdout
-    assert {str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")} == versions
+    assert {str(v.version) for v in client.search_model_versions(f"name = '{CANDIDATES}'")} == versions
     newest = max(versions, key=int)
-    assert state(uri)[0] == {"development": newest, "staging": newest}
+    assert state(uri, CANDIDATES)[0] == {"development": newest, "staging": newest}
 
 
 def test_register_is_never_restored_from_dvc_s_run_cache():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import free_port, in_ci, running, subprocess_env
+from tests.support.processes import REPO_ROOT, free_port, in_ci, running, subprocess_env
 
 POSTGRES_ADMIN_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 
@@ -52,12 +52,14 @@ class MlflowServer:
 
 
 @contextmanager
-def mlflow_server(workdir: Path) -> Iterator[MlflowServer]:
-    """`mlflow server` on a fresh PostgreSQL database with a proxied artifact store."""
+def mlflow_server(workdir: Path, admin_password: str | None = None) -> Iterator[MlflowServer]:
+    """`mlflow server` on a fresh PostgreSQL database with a proxied artifact store. With an
+    admin_password, MLflow's basic-auth app too, as compose runs it: stages/registry/basic_auth.ini with
+    its user store in a second fresh database."""
     port = free_port()
     artifacts = workdir / "mlflow-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    with fresh_postgres_database() as backend:
+    with fresh_postgres_database() as backend, _auth_config(workdir, admin_password) as auth_env:
         args = [
             "mlflow",
             "server",
@@ -71,9 +73,33 @@ def mlflow_server(workdir: Path) -> Iterator[MlflowServer]:
             str(port),
             "--workers",
             "1",
+            *(["--app-name", "basic-auth"] if auth_env else []),
         ]
-        env = subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        env = subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **auth_env)
         env.pop("MLFLOW_TRACKING_URI", None)
         url = f"http://127.0.0.1:{port}"
         with running(args, workdir / "mlflow-server.log", f"{url}/health", timeout=90, env=env, cwd=workdir):
             yield MlflowServer(url=url, backend_store_uri=backend, artifacts_dir=artifacts)
+
+
+@contextmanager
+def _auth_config(workdir: Path, admin_password: str | None) -> Iterator[dict[str, str]]:
+    """The environment of an auth-enabled server (empty without an admin password): the stack's
+    basic_auth.ini with only its database_uri pointed at a fresh database."""
+    if admin_password is None:
+        yield {}
+        return
+    import configparser
+
+    with fresh_postgres_database() as users:
+        config = configparser.ConfigParser()
+        config.read(REPO_ROOT / "stages" / "registry" / "basic_auth.ini")
+        config["mlflow"]["database_uri"] = users
+        path = workdir / "basic_auth.ini"
+        with path.open("w") as file:
+            config.write(file)
+        yield {
+            "MLFLOW_AUTH_CONFIG_PATH": str(path),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,
+        }
