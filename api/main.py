@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 
-from api import errors, openapi, process
+from api import access, errors, openapi, process
 from api.instrumentation import RequestMetrics
 from api.routes import operations, predictions
 from api.service import ModelService
@@ -51,8 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     _add_routes(app, predictions.router, operations.router)
     errors.install(app)
-    app.add_middleware(RequestMetrics, routes=app.router.routes, telemetry=service.telemetry)
-    openapi.install(app, service)
+    gate = access.gate_of(settings)
+    app.add_middleware(RequestMetrics, routes=app.router.routes, telemetry=service.telemetry, gate=gate)
+    openapi.install(app, service, protected=gate.protected)
     return app
 
 

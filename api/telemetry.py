@@ -113,6 +113,11 @@ class Telemetry:
             ["method", "handler"],
             registry=registry,
         )
+        self.client_disconnects = Counter(
+            "http_client_disconnects_total",
+            "Requests whose client left before sending the whole body (answered 499, in the 4xx class).",
+            registry=registry,
+        )
         # The model.
         self.inference_seconds = Histogram(
             INFERENCE_SECONDS,

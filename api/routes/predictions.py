@@ -21,8 +21,12 @@ from api.responses import (
     prediction_body,
 )
 from api.routes import service_of
+from api.service import ModelService
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "A missing or wrong API key (when API_KEYS_FILE is set)."},
+    408: {"model": ErrorResponse, "description": "The body took longer than REQUEST_READ_TIMEOUT_SECONDS."},
+    415: {"model": ErrorResponse, "description": "The body is not application/json."},
     413: {"model": ErrorResponse, "description": "The body is larger than MAX_BODY_BYTES."},
     422: {"model": ValidationErrorResponse, "description": "Field-level validation errors."},
     503: {"model": ErrorResponse, "description": "No model is loaded yet; the detail says why."},
@@ -37,7 +41,7 @@ router = APIRouter(tags=["predictions"], route_class=DirectRoute, responses=RESP
 async def predict(request: Request) -> Response:
     service = service_of(request)
     model = service.require_model()
-    body = await read_request_body(request, service.settings.max_body_bytes)
+    body = await read_body_of(request, service)
     row = model.requests.parse_record(body, service.telemetry)
     label, probability = service.score_one(model, row)
     registry = model.registry
@@ -52,9 +56,14 @@ async def predict(request: Request) -> Response:
 async def predict_batch(request: Request) -> Response:
     service = service_of(request)
     model = service.require_model()
-    body = await read_request_body(request, service.settings.max_body_bytes)
+    body = await read_body_of(request, service)
     columns = model.requests.parse_batch(body, service.telemetry)
     probabilities, positive = await service.score_batch(model, columns)
     registry = model.registry
     answer = batch_body(registry.name, registry.version, model.labels, probabilities, positive)
     return Response(answer, media_type=JSON)
+
+
+async def read_body_of(request: Request, service: ModelService) -> bytes:
+    settings = service.settings
+    return await read_request_body(request, settings.max_body_bytes, settings.request_read_timeout_seconds)
