@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 
 from api import access, errors, openapi, process
+from api.bodies import BodyDeadlines
 from api.instrumentation import RequestMetrics
 from api.routes import operations, predictions
 from api.service import ModelService
@@ -33,6 +34,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await service.stop()
+        await app.state.body_deadlines.stop()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.body_deadlines = BodyDeadlines(settings.request_read_timeout_seconds)
     _add_routes(app, predictions.router, operations.router)
     errors.install(app)
     gate = access.gate_of(settings)

@@ -3,13 +3,13 @@ of the model that serves right now, scored, and written back without FastAPI's s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.bodies import read_request_body
+from api.bodies import BodyDeadlines
 from api.fast import DirectRoute
 from api.responses import (
     JSON,
@@ -21,7 +21,6 @@ from api.responses import (
     prediction_body,
 )
 from api.routes import service_of
-from api.service import ModelService
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "A missing or wrong API key (when API_KEYS_FILE is set)."},
@@ -41,7 +40,7 @@ router = APIRouter(tags=["predictions"], route_class=DirectRoute, responses=RESP
 async def predict(request: Request) -> Response:
     service = service_of(request)
     model = service.require_model()
-    body = await read_body_of(request, service)
+    body = await body_deadlines_of(request).read(request, service.settings.max_body_bytes)
     row = model.requests.parse_record(body, service.telemetry)
     label, probability = service.score_one(model, row)
     registry = model.registry
@@ -56,7 +55,7 @@ async def predict(request: Request) -> Response:
 async def predict_batch(request: Request) -> Response:
     service = service_of(request)
     model = service.require_model()
-    body = await read_body_of(request, service)
+    body = await body_deadlines_of(request).read(request, service.settings.max_body_bytes)
     columns = model.requests.parse_batch(body, service.telemetry)
     probabilities, positive = await service.score_batch(model, columns)
     registry = model.registry
@@ -64,6 +63,5 @@ async def predict_batch(request: Request) -> Response:
     return Response(answer, media_type=JSON)
 
 
-async def read_body_of(request: Request, service: ModelService) -> bytes:
-    settings = service.settings
-    return await read_request_body(request, settings.max_body_bytes, settings.request_read_timeout_seconds)
+def body_deadlines_of(request: Request) -> BodyDeadlines:
+    return cast(BodyDeadlines, request.app.state.body_deadlines)
