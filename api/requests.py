@@ -1,4 +1,4 @@
-"""Request models built from what the model logged: its signature, its feature metadata, its input example;
+"""Request models built from what the model logged: its signature and its feature metadata;
 and the one way a prediction body is validated against them.
 
 Nothing about the features is written here. A new model with other columns, categories or ranges gets
@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, WithJsonSchema, create_model
 from pydantic_core import ErrorDetails
 
+from api.examples import contract_example
 from api.fast import FastDecoder, compile_decoder
 from api.predictor import ColumnBatch, Columns, Row, columns_of
 from api.rejections import issue, key_bound, oversized_objects, rejection, unknown_keys
@@ -167,19 +168,16 @@ def _whole(value: Any) -> Any:
 
 
 def build_request_models(
-    signature: Any,
-    metadata: dict[str, Any],
-    examples: list[dict[str, Any]],
-    max_batch_size: int,
-    max_validation_errors: int,
+    signature: Any, metadata: dict[str, Any], max_batch_size: int, max_validation_errors: int
 ) -> RequestModels:
-    """`signature` is the model's `mlflow.models.ModelSignature`; `examples` the rows of its input example."""
+    """`signature` is the model's `mlflow.models.ModelSignature`. The documented example is synthetic,
+    built from the contract (api/examples.py), never a real row."""
     if signature is None or signature.inputs is None or not signature.inputs.has_input_names():
         raise SchemaError("the model has no column-based input signature")
     fields: dict[str, Any] = {}
     numeric: list[str] = []
     categorical: list[str] = []
-    example = examples[0] if examples else {}
+    example = contract_example(metadata, [spec.name for spec in signature.inputs.inputs])
     for spec in signature.inputs.inputs:
         name, column_type = spec.name, str(getattr(spec.type, "name", spec.type)).lower()
         if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
@@ -189,9 +187,6 @@ def build_request_models(
     columns = Columns(numeric=tuple(numeric), categorical=tuple(categorical))
     whole = {name for name in numeric if _is_whole(name, metadata)}
     example = {name: _whole(value) if name in whole else value for name, value in example.items()}
-    examples = [
-        {name: _whole(value) if name in whole else value for name, value in row.items()} for row in examples
-    ]
     config = ConfigDict(extra="forbid", json_schema_extra={"examples": [example]} if example else None)
     record = create_model("PredictionRequest", __config__=config, **fields)
     records_field = Field(
@@ -200,9 +195,9 @@ def build_request_models(
         max_length=max_batch_size,
         description=f"1 to {max_batch_size} records; one prediction each, in order.",
     )
-    batch_example: dict[str, Any] = {"records": examples} if examples else {}
+    batch_example: dict[str, Any] = {"records": [example]} if example else {}
     batch_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [batch_example]} if examples else None
+        extra="forbid", json_schema_extra={"examples": [batch_example]} if example else None
     )
     records: Any = types.GenericAlias(list, (record,))  # list[record], which mypy takes for a type
     batch = create_model("BatchPredictionRequest", __config__=batch_config, records=(records, records_field))
