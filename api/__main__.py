@@ -26,6 +26,10 @@ def main() -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from api.redaction import RedactingFilter
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())  # every logger's lines pass the root's handlers
     if args.baked_model and (args.baked_model / "MLmodel").is_file() and not os.environ.get("MODEL_URI"):
         os.environ["MODEL_URI"] = str(args.baked_model)
 

@@ -154,6 +154,16 @@ class Telemetry:
         )
         for result in RELOAD_RESULTS:
             self.reloads.labels(result)
+        self.model_registry_up = Gauge(
+            "model_registry_up",
+            "1 when the last look-up of the model alias in the registry succeeded, else 0.",
+            registry=registry,
+        )
+        self.model_last_successful_check = Gauge(
+            "model_last_successful_check_timestamp_seconds",
+            "Unix time of the last successful look-up of the model alias in the registry.",
+            registry=registry,
+        )
         self.batch_rows = Counter(
             "predict_rows_total", "Rows received in /predict/batch requests.", registry=registry
         )
