@@ -1,4 +1,5 @@
-"""`python -m api --host H --port P`: one process, uvloop + httptools.
+"""`python -m api --host H --port P`: one process, uvicorn with uvloop + httptools and the limits of
+api/server.py.
 
 The process defaults (one OpenMP thread, MLflow's retries, no access log) are applied by importing `api`
 and by create_app, for this and every other way of starting the service (api/process.py).
@@ -35,6 +36,7 @@ def main() -> None:
 
     import uvicorn
 
+    from api.server import guarded_protocol
     from api.settings import Settings
 
     settings = Settings()  # after MODEL_URI is known: without it, MODEL_NAME and MODEL_ALIAS are required
@@ -44,7 +46,10 @@ def main() -> None:
         host=args.host or settings.host,
         port=args.port or settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with a deadline and a size limit for the request head (api/server.py).
+        http=guarded_protocol(settings.request_read_timeout_seconds, settings.max_header_bytes),
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
+        limit_concurrency=settings.max_concurrent_requests,
         workers=1,
         log_level=args.log_level,
     )

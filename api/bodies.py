@@ -33,13 +33,14 @@ class BodyDeadlines:
         self._reading: dict[asyncio.Task[object], float] = {}
         self._expired: set[asyncio.Task[object]] = set()
         self._reaper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def read(self, request: Request, limit: int) -> bytes:
         task = asyncio.current_task()
         assert task is not None  # always inside a request's task
         loop = asyncio.get_running_loop()
-        if self._reaper is None or self._reaper.get_loop() is not loop or self._reaper.done():
-            self._reaper = loop.create_task(self._reap(), name="body-deadlines")
+        if loop is not self._loop:  # the first request on this loop (tests run apps on several)
+            self._loop, self._reaper = loop, loop.create_task(self._reap(), name="body-deadlines")
         self._reading[task] = loop.time() + self.timeout
         try:
             return await read_body(request.stream(), request.headers.get("content-length"), limit)
@@ -65,6 +66,7 @@ class BodyDeadlines:
                     task.cancel()
 
     async def stop(self) -> None:
+        self._loop = None
         if self._reaper is not None and not self._reaper.done():
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -18,6 +18,7 @@ from api.responses import error_response
 log = logging.getLogger(__name__)
 # nginx's "client closed request": not a server error, so it is counted in the 4xx class.
 CLIENT_DISCONNECTED = 499
+REQUEST_TIMEOUT = 408
 
 
 class ApiError(Exception):
@@ -51,7 +52,7 @@ class ClientDisconnected(ApiError):
 class RequestTimeout(ApiError):
     """The body did not arrive within REQUEST_READ_TIMEOUT_SECONDS of the head: answered, then closed."""
 
-    status_code = 408
+    status_code = REQUEST_TIMEOUT
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)

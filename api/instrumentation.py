@@ -15,7 +15,7 @@ offline assets) by its prefix, so each asset file is not a label of its own.
 
 The same pass refuses what api/access.py's Gate refuses (a missing key, a body that is not JSON) before
 the app runs, and counts clients that left mid-body (the 499s of api/bodies.py) in
-`http_client_disconnects_total`: one middleware, because each layer of ASGI middleware costs a /predict
+`http_client_disconnects_total` and bodies past their deadline (408s) in `http_body_timeouts_total`: one middleware, because each layer of ASGI middleware costs a /predict
 measurably.
 """
 
@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.access import Gate
-from api.errors import CLIENT_DISCONNECTED
+from api.errors import CLIENT_DISCONNECTED, REQUEST_TIMEOUT
 from api.responses import error_response
 from api.telemetry import Telemetry
 
@@ -138,3 +138,5 @@ class RequestMetrics:
             series.duration.observe(duration)
             if status == CLIENT_DISCONNECTED:
                 self.telemetry.client_disconnects.inc()
+            elif status == REQUEST_TIMEOUT:
+                self.telemetry.body_timeouts.inc()

@@ -46,8 +46,8 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(
         default=256, ge=1, description="Requests one process serves at once (503 beyond)."
     )
-    keep_alive_timeout_seconds: float = Field(
-        default=5.0, gt=0, description="How long an idle kept-alive connection stays open."
+    keep_alive_timeout_seconds: int = Field(
+        default=5, ge=1, description="How long an idle kept-alive connection stays open (whole seconds)."
     )
     api_keys_file: Path | None = Field(
         default=None, description="Key hashes that /predict, /predict/batch and /model require; unset: open."

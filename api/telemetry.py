@@ -118,6 +118,18 @@ class Telemetry:
             "Requests whose client left before sending the whole body (answered 499, in the 4xx class).",
             registry=registry,
         )
+        self.connection_refusals = Counter(
+            "http_connection_refusals_total",
+            "Requests refused by the HTTP server before the app (api/server.py): 408 for a head past "
+            "REQUEST_READ_TIMEOUT_SECONDS, 431 for one over MAX_HEADER_BYTES; the connection is closed.",
+            ["reason"],
+            registry=registry,
+        )
+        self.body_timeouts = Counter(
+            "http_body_timeouts_total",
+            "Requests whose body did not arrive within REQUEST_READ_TIMEOUT_SECONDS (408, then closed).",
+            registry=registry,
+        )
         # The model.
         self.inference_seconds = Histogram(
             INFERENCE_SECONDS,
