@@ -121,6 +121,12 @@ api-key: venv ## print a new API key and append its hash to API_KEYS_FILE (defau
 bench: venv system-deps ## the api vs `mlflow models serve` vs bare FastAPI (wrk, 32 connections; BENCH_ARGS="--baseline REF"); needs a production model
 	MODEL_NAME=$(MODEL_NAME) MODEL_ALIAS=$(MODEL_ALIAS) python -m tests.benchmarks.api $(BENCH_ARGS)
 
+SOAK_SECONDS ?= 600
+
+.PHONY: soak
+soak: venv system-deps ## ~80% of the peak rate for SOAK_SECONDS (default 600) under wrk; fails on any error or >10% RSS growth
+	MODEL_NAME=$(MODEL_NAME) MODEL_ALIAS=$(MODEL_ALIAS) python -m tests.benchmarks.soak --seconds $(SOAK_SECONDS)
+
 .PHONY: bench-pipeline
 bench-pipeline: venv ## wall time of a full `dvc repro` and of a no-op one
 	python -m tests.benchmarks.pipeline
