@@ -110,9 +110,22 @@ plots: venv ## dvc plots show into PLOTS_HTML/index.html, with vendored vega (re
 serve: venv ## serve params.yaml's production model on API_HOST:API_PORT (MODEL_NAME, MODEL_ALIAS, MODEL_URI override)
 	$(SERVE)
 
+# `make api-key`: the key file API_KEYS_FILE names (git-ignored); the service reads it when API_KEYS_FILE is set.
+API_KEYS_FILE ?= data/api-keys.txt
+
+.PHONY: api-key
+api-key: venv ## print a new API key and append its hash to API_KEYS_FILE (default data/api-keys.txt)
+	@python -m api.new_key --file $(API_KEYS_FILE)
+
 .PHONY: bench
 bench: venv system-deps ## the api vs `mlflow models serve` vs bare FastAPI (wrk, 32 connections; BENCH_ARGS="--baseline REF"); needs a production model
 	MODEL_NAME=$(MODEL_NAME) MODEL_ALIAS=$(MODEL_ALIAS) python -m tests.benchmarks.api $(BENCH_ARGS)
+
+SOAK_SECONDS ?= 600
+
+.PHONY: soak
+soak: venv system-deps ## ~80% of the peak rate for SOAK_SECONDS (default 600) under wrk; fails on any error or >10% RSS growth
+	MODEL_NAME=$(MODEL_NAME) MODEL_ALIAS=$(MODEL_ALIAS) python -m tests.benchmarks.soak --seconds $(SOAK_SECONDS)
 
 .PHONY: bench-pipeline
 bench-pipeline: venv ## wall time of a full `dvc repro` and of a no-op one

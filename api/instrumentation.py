@@ -12,6 +12,11 @@ route is cached (bounded, so templated paths with parameters cannot grow it eith
 label children of each (handler, method). Only the app's own flat list of routes is searched (main.py
 does not wrap routers in `include_router`). A `Route` is named by its template and a `Mount` (the docs'
 offline assets) by its prefix, so each asset file is not a label of its own.
+
+The same pass refuses what api/access.py's Gate refuses (a missing key, a body that is not JSON) before
+the app runs, and counts clients that left mid-body (the 499s of api/bodies.py) in
+`http_client_disconnects_total` and bodies past their deadline (408s) in `http_body_timeouts_total`: one middleware, because each layer of ASGI middleware costs a /predict
+measurably.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.access import Gate
+from api.errors import CLIENT_DISCONNECTED, REQUEST_TIMEOUT
+from api.responses import error_response
 from api.telemetry import Telemetry
 
 UNMATCHED = "none"
@@ -55,9 +63,11 @@ class RequestMetrics:
         *,
         routes: Sequence[BaseRoute],
         telemetry: Telemetry,
+        gate: Gate | None = None,
         excluded: Collection[str] = ("/metrics",),
     ) -> None:
         self.app = app
+        self.gate = gate or Gate({})
         self.routes = routes  # the app's own list, read at request time: routes added later count too
         self.telemetry = telemetry
         self.excluded = frozenset(excluded)
@@ -100,8 +110,13 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         handler = self.handler(scope)
+        app = self.app
+        if handler != UNMATCHED:
+            refused = self.gate.refusal(handler, scope["method"], scope["headers"])
+            if refused is not None:
+                app = error_response(refused)
         if handler in self.excluded:
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
             return
         started = perf_counter()
         series = self._series_for(handler, scope["method"])
@@ -115,9 +130,13 @@ class RequestMetrics:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_record_status)
+            await app(scope, receive, send_and_record_status)
         finally:
             duration = perf_counter() - started
             series.in_progress.dec()
             series.requests(status).inc()
             series.duration.observe(duration)
+            if status == CLIENT_DISCONNECTED:
+                self.telemetry.client_disconnects.inc()
+            elif status == REQUEST_TIMEOUT:
+                self.telemetry.body_timeouts.inc()

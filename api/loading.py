@@ -114,7 +114,9 @@ def build(path: Path, registered: RegistryVersion, settings: Settings) -> Served
         raise ModelCheckFailed("the model was logged without metadata['feature_metadata']")
     labels, threshold = decision_rule(metadata)
     examples = _example_rows(logged, path)
-    requests = build_request_models(logged.signature, metadata, examples, settings.max_batch_size)
+    requests = build_request_models(
+        logged.signature, metadata, settings.max_batch_size, settings.max_validation_errors
+    )
     pipeline = mlflow.sklearn.load_model(str(path))
     _single_threaded(pipeline)
     columns = requests.columns

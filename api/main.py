@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
+from starlette.routing import Route
 
-from api import errors, openapi, process
+from api import access, errors, openapi, process
+from api.bodies import BodyDeadlines
 from api.instrumentation import RequestMetrics
 from api.routes import operations, predictions
 from api.service import ModelService
@@ -25,14 +28,16 @@ log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     service: ModelService = app.state.service
     log.info("process defaults: %s", process.describe())
     await service.start()
     try:
-        yield
+        # The lifespan state: uvicorn hands it to the HTTP protocol too, which counts its refusals there.
+        yield {"telemetry": service.telemetry}
     finally:
         await service.stop()
+        await app.state.body_deadlines.stop()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -49,10 +54,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.body_deadlines = BodyDeadlines(settings.request_read_timeout_seconds)
     _add_routes(app, predictions.router, operations.router)
     errors.install(app)
-    app.add_middleware(RequestMetrics, routes=app.router.routes, telemetry=service.telemetry)
-    openapi.install(app, service)
+    posted = [
+        route.path
+        for route in app.router.routes
+        if isinstance(route, Route) and "POST" in (route.methods or ())
+    ]
+    gate = access.gate_of(settings, json_routes=posted)
+    app.add_middleware(RequestMetrics, routes=app.router.routes, telemetry=service.telemetry, gate=gate)
+    openapi.install(app, service, protected=gate.protected)
     return app
 
 

@@ -8,6 +8,7 @@ example taken from its input example. The document is rebuilt when another model
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from fastapi import FastAPI
@@ -58,7 +59,30 @@ def with_request_bodies(document: dict[str, Any], model: ServedModel | None) -> 
     return document
 
 
-def install(app: FastAPI, service: ModelService) -> None:
+BEARER_SCHEME = "apiKey"
+
+
+def with_bearer_scheme(document: dict[str, Any], protected: Collection[str]) -> dict[str, Any]:
+    """Declare the API-key scheme on the routes api/access.py guards (none while keys are off)."""
+    operations = [
+        operation
+        for path, item in document["paths"].items()
+        if path in protected
+        for operation in item.values()
+    ]
+    if not operations:
+        return document
+    document.setdefault("components", {}).setdefault("securitySchemes", {})[BEARER_SCHEME] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key from `make api-key`: `Authorization: Bearer <key>`.",
+    }
+    for operation in operations:
+        operation["security"] = [{BEARER_SCHEME: []}]
+    return document
+
+
+def install(app: FastAPI, service: ModelService, protected: Collection[str] = ()) -> None:
     """`app.openapi` replaced, as FastAPI documents for extending the schema; cached per served model."""
     described: object = object()  # the model the cached document describes (none yet)
 
@@ -69,7 +93,7 @@ def install(app: FastAPI, service: ModelService) -> None:
             document = get_openapi(
                 title=app.title, version=app.version, summary=app.summary, routes=app.routes
             )
-            app.openapi_schema = with_request_bodies(document, model)
+            app.openapi_schema = with_bearer_scheme(with_request_bodies(document, model), protected)
             described = model
         return app.openapi_schema
 

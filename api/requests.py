@@ -1,4 +1,4 @@
-"""Request models built from what the model logged: its signature, its feature metadata, its input example;
+"""Request models built from what the model logged: its signature and its feature metadata;
 and the one way a prediction body is validated against them.
 
 Nothing about the features is written here. A new model with other columns, categories or ranges gets
@@ -17,12 +17,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, WithJsonSchema, create_model
 from pydantic_core import ErrorDetails
 
-from api.errors import RequestInvalid
+from api.examples import contract_example
 from api.fast import FastDecoder, compile_decoder
 from api.predictor import ColumnBatch, Columns, Row, columns_of
+from api.rejections import issue, key_bound, oversized_objects, rejection, unknown_keys
 from api.telemetry import BODY_FIELD, UNKNOWN_FIELD, Telemetry
 
-MAX_ECHOED_INPUT = 200
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
 INTEGER_TYPES = {"long", "integer"}
 STRING_TYPES = {"string"}
@@ -41,6 +41,7 @@ class RequestModels:
     batch_example: dict[str, Any]
     feature_names: frozenset[str]
     decoder: FastDecoder | None  # None: pydantic validates every body
+    max_errors: int  # issues reported per 422 (MAX_VALIDATION_ERRORS); the rest are counted
 
     def parse_record(self, body: bytes, telemetry: Telemetry) -> Row:
         """The validated record, keyed by feature name. Raises RequestInvalid, its fields counted."""
@@ -48,7 +49,7 @@ class RequestModels:
             decoded = self.decoder.record(body)
             if decoded is not None:
                 return decoded
-        return dict(self._validate(self.record, body, telemetry).__dict__)
+        return dict(self._validate(self.record, body, telemetry, batch=False).__dict__)
 
     def parse_batch(self, body: bytes, telemetry: Telemetry) -> ColumnBatch:
         """The validated batch, by column. Raises RequestInvalid, its fields counted."""
@@ -56,30 +57,29 @@ class RequestModels:
             decoded = self.decoder.batch(body)
             if decoded is not None:
                 return decoded
-        validated = self._validate(self.batch, body, telemetry)
+        validated = self._validate(self.batch, body, telemetry, batch=True)
         return columns_of(validated.records, self.columns.order, attrgetter)
 
-    def _validate(self, model: type[BaseModel], body: bytes, telemetry: Telemetry) -> Any:
-        # Not valid to the fast decoder: pydantic decides, and its errors are the 422 details.
+    def _validate(self, model: type[BaseModel], body: bytes, telemetry: Telemetry, batch: bool) -> Any:
+        # Not valid to the fast decoder: pydantic decides, and its errors are the 422 details; unless the
+        # body holds an object with more keys than can be worth checking (api/rejections.py).
+        bound = key_bound(len(self.feature_names), self.max_errors)
+        oversized = oversized_objects(body, bound, batch)
+        if oversized:
+            issues, total = unknown_keys(
+                oversized, self.feature_names, {"records"} if batch else self.feature_names
+            )
+            telemetry.validation_errors.labels(UNKNOWN_FIELD).inc(total)
+            raise rejection(issues, total, self.max_errors)
         try:
             return model.model_validate_json(body)
         except ValidationError as error:
             errors = error.errors(include_url=False, include_context=False)
             for item in errors:
                 telemetry.validation_errors.labels(_field_label(item, self.feature_names)).inc()
-            raise RequestInvalid([_issue(item) for item in errors]) from None
-
-
-def _issue(error: ErrorDetails) -> dict[str, Any]:
-    issue: dict[str, Any] = {"type": error["type"], "loc": ["body", *error["loc"]], "msg": error["msg"]}
-    value = error.get("input")
-    if (
-        value is None
-        or isinstance(value, bool | int | float)
-        or (isinstance(value, str) and len(value) <= MAX_ECHOED_INPUT)
-    ):
-        issue["input"] = value  # dicts, lists and long strings (a whole body) are not echoed back
-    return issue
+            raise rejection(
+                [issue(item) for item in errors[: self.max_errors]], len(errors), self.max_errors
+            ) from None
 
 
 def _field_label(error: ErrorDetails, features: frozenset[str]) -> str:
@@ -168,15 +168,16 @@ def _whole(value: Any) -> Any:
 
 
 def build_request_models(
-    signature: Any, metadata: dict[str, Any], examples: list[dict[str, Any]], max_batch_size: int
+    signature: Any, metadata: dict[str, Any], max_batch_size: int, max_validation_errors: int
 ) -> RequestModels:
-    """`signature` is the model's `mlflow.models.ModelSignature`; `examples` the rows of its input example."""
+    """`signature` is the model's `mlflow.models.ModelSignature`. The documented example is synthetic,
+    built from the contract (api/examples.py), never a real row."""
     if signature is None or signature.inputs is None or not signature.inputs.has_input_names():
         raise SchemaError("the model has no column-based input signature")
     fields: dict[str, Any] = {}
     numeric: list[str] = []
     categorical: list[str] = []
-    example = examples[0] if examples else {}
+    example = contract_example(metadata, [spec.name for spec in signature.inputs.inputs])
     for spec in signature.inputs.inputs:
         name, column_type = spec.name, str(getattr(spec.type, "name", spec.type)).lower()
         if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
@@ -186,9 +187,6 @@ def build_request_models(
     columns = Columns(numeric=tuple(numeric), categorical=tuple(categorical))
     whole = {name for name in numeric if _is_whole(name, metadata)}
     example = {name: _whole(value) if name in whole else value for name, value in example.items()}
-    examples = [
-        {name: _whole(value) if name in whole else value for name, value in row.items()} for row in examples
-    ]
     config = ConfigDict(extra="forbid", json_schema_extra={"examples": [example]} if example else None)
     record = create_model("PredictionRequest", __config__=config, **fields)
     records_field = Field(
@@ -197,11 +195,20 @@ def build_request_models(
         max_length=max_batch_size,
         description=f"1 to {max_batch_size} records; one prediction each, in order.",
     )
-    batch_example: dict[str, Any] = {"records": examples} if examples else {}
+    batch_example: dict[str, Any] = {"records": [example]} if example else {}
     batch_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [batch_example]} if examples else None
+        extra="forbid", json_schema_extra={"examples": [batch_example]} if example else None
     )
     records: Any = types.GenericAlias(list, (record,))  # list[record], which mypy takes for a type
     batch = create_model("BatchPredictionRequest", __config__=batch_config, records=(records, records_field))
     decoder = compile_decoder(record, batch)
-    return RequestModels(columns, record, batch, example, batch_example, frozenset(columns.order), decoder)
+    return RequestModels(
+        columns,
+        record,
+        batch,
+        example,
+        batch_example,
+        frozenset(columns.order),
+        decoder,
+        max_validation_errors,
+    )

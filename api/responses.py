@@ -53,7 +53,8 @@ class ValidationIssue(BaseModel):
 
 
 class ValidationErrorResponse(BaseModel):
-    detail: list[ValidationIssue]
+    detail: list[ValidationIssue] = Field(description="The first MAX_VALIDATION_ERRORS issues.")
+    errors_omitted: int = Field(0, ge=0, description="How many more issues the body has.")
 
 
 class HealthResponse(BaseModel):
@@ -91,8 +92,15 @@ class ModelResponse(BaseModel):
     )
 
 
-def json_response(payload: Any, status_code: int = 200) -> Response:
-    return Response(to_json(payload, inf_nan_mode="strings"), status_code=status_code, media_type=JSON)
+def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        to_json(payload, inf_nan_mode="strings"), status_code=status_code, headers=headers, media_type=JSON
+    )
+
+
+def error_response(error: Any) -> Response:
+    """An api.errors.ApiError as its answer: its body, status and headers."""
+    return json_response(error.body(), error.status_code, error.headers)
 
 
 def prediction_body(label: Label, probability: float, name: str, version: str | None) -> bytes:

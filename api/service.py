@@ -7,6 +7,8 @@ import contextlib
 import gc
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from prometheus_client import Counter
@@ -15,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import ModelNotReady
 from api.loading import ServedModel, load_local, load_registered
 from api.predictor import ColumnBatch, Label, Row, batch_size
+from api.redaction import redact
 from api.registry import RegistryVersion, resolve_alias
 from api.settings import Settings
 from api.telemetry import Telemetry
@@ -26,18 +29,37 @@ INLINE_BATCH_ROWS = 32
 
 def _short(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text[:300]}"
+    return redact(f"{type(error).__name__}: {text[:300]}")
 
 
 def settle_heap() -> None:
     """Libraries and the model live as long as the process: take them out of the garbage collector's
     sight. Otherwise every full collection rescans the million-odd objects MLflow, pandas and sklearn
     leave behind: a pause of a few hundred milliseconds (measured: 0.4 s) in the middle of sub-millisecond
-    requests. Instead that pause happens once per model load. The old model, if any, is unfrozen first so
-    that it can still be freed."""
-    gc.unfreeze()
+    requests. Instead that pause happens once, at the first load, before anything is served."""
     gc.collect()
     gc.freeze()
+
+
+def loaded_off_the_loop(load: Callable[..., ServedModel], *args: Any) -> ServedModel:
+    """`load(*args)`, run in a worker thread, its new objects then collected and frozen there as well.
+
+    A collection holds the GIL, so a thread alone does not spare the event loop: what does is that the
+    heap is frozen already (settle_heap), so this collection scans only what the load left, and that
+    automatic collections are off meanwhile, so the load's allocations do not trigger a full one again
+    and again. Measured by tests/benchmarks/swap_pause.py: see the README. The old model stays frozen:
+    reference counting frees it when the last request on it ends; only reference cycles inside it stay
+    (rare in fitted pipelines, and one per version, not per request)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        model = load(*args)
+        gc.collect()
+        gc.freeze()
+    finally:
+        if was_enabled:
+            gc.enable()
+    return model
 
 
 class ModelService:
@@ -48,6 +70,11 @@ class ModelService:
         self.not_ready_reason = "the model has not been loaded yet"
         self._task: asyncio.Task[None] | None = None
         self._counters: dict[Label, Counter] = {}
+        # The version that failed to load, not tried again until the alias points elsewhere.
+        self._failed_version: str | None = None
+        if settings.model_uri:  # a fixed model follows no registry: there is nothing to report about one
+            telemetry.registry.unregister(telemetry.model_registry_up)
+            telemetry.registry.unregister(telemetry.model_last_successful_check)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -66,7 +93,7 @@ class ModelService:
             try:
                 await self._load_first(attempt)
             except Exception as error:  # anything that stops a load must leave the service up and retrying
-                self.not_ready_reason = f"loading {self.settings.target} failed: {_short(error)}"
+                self.not_ready_reason = redact(f"loading {self.settings.target} failed: {_short(error)}")
                 self.telemetry.reloads.labels("failure").inc()
                 log.warning(
                     "model load attempt %d failed (%s); next try in %.2fs",
@@ -87,29 +114,46 @@ class ModelService:
         if self.settings.model_uri:
             model = await asyncio.to_thread(load_local, self.settings)
         else:
-            registered = await asyncio.to_thread(resolve_alias, self.settings)
+            registered = await self._resolve()
             model = await asyncio.to_thread(load_registered, self.settings, registered)
         self._swap(model)
+        settle_heap()  # nothing was served yet: the one full collection of the process happens here
+
+    async def _resolve(self) -> RegistryVersion:
+        """The alias's version now; the registry gauges say whether that could be known."""
+        try:
+            registered = await asyncio.to_thread(resolve_alias, self.settings)
+        except Exception:
+            self.telemetry.model_registry_up.set(0)
+            raise
+        self.telemetry.model_registry_up.set(1)
+        self.telemetry.model_last_successful_check.set(time.time())
+        return registered
 
     async def poll_once(self) -> bool:
         """Load and swap in the alias's version if it moved. True when a new model now serves."""
         current = self.model
         try:
-            registered: RegistryVersion = await asyncio.to_thread(resolve_alias, self.settings)
+            registered = await self._resolve()
         except Exception as error:  # the registry being away must not disturb the model that serves
             log.warning(
                 "could not resolve %s, keeping the current model: %s", self.settings.target, _short(error)
             )
             return False
         if current is not None and registered.version == current.registry.version:
+            self._failed_version = None
             return False
+        if registered.version == self._failed_version:
+            return False  # failed before, logged then: downloading it again would fail again
+        self._failed_version = None
         log.info("%s moved to version %s; loading it", self.settings.target, registered.version)
         try:
-            model = await asyncio.to_thread(load_registered, self.settings, registered)
+            model = await asyncio.to_thread(loaded_off_the_loop, load_registered, self.settings, registered)
         except Exception as error:  # a bad new version must never take the old one down
+            self._failed_version = registered.version
             self.telemetry.reloads.labels("failure").inc()
             log.error(
-                "reload of %s v%s failed, version %s keeps serving: %s",
+                "reload of %s v%s failed, version %s keeps serving (not retried until the alias moves): %s",
                 registered.name,
                 registered.version,
                 current.registry.version if current else None,
@@ -133,7 +177,6 @@ class ModelService:
         log.info(
             "serving %s version %s (%s predictor)", registry.name, registry.version, model.predictor.kind
         )
-        settle_heap()
 
     # ------------------------------------------------------------------ scoring
     def require_model(self) -> ServedModel:

@@ -6,6 +6,8 @@ the service (the Makefile, compose, the image) passes them on. Only a fixed MODE
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -32,6 +34,27 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(default=1000, ge=1, description="Most records in one /predict/batch.")
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, description="Largest accepted body.")
+    max_validation_errors: int = Field(
+        default=20, ge=1, description="Most issues one 422 lists; `errors_omitted` counts the rest."
+    )
+    request_read_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Deadline for a request's head (from its first byte) and for its body (from the head).",
+    )
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, description="Largest request head (431 above).")
+    max_concurrent_requests: int = Field(
+        default=256, ge=1, description="Requests one process serves at once (503 beyond)."
+    )
+    keep_alive_timeout_seconds: int = Field(
+        default=5, ge=1, description="How long an idle kept-alive connection stays open (whole seconds)."
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="Key hashes that /predict, /predict/batch and /model require; unset: open."
+    )
+    metrics_api_keys_file: Path | None = Field(
+        default=None, description="Key hashes that /metrics requires; unset: /metrics is open."
+    )
     reload_interval_seconds: float = Field(
         default=30.0, gt=0, description="How often the alias is polled for a new version."
     )
@@ -46,7 +69,9 @@ class Settings(BaseSettings):
         default=1e-6, gt=0, description="Largest allowed |fast - pipeline| probability on those rows."
     )
 
-    @field_validator("model_name", "model_alias", "model_uri", mode="before")
+    @field_validator(
+        "model_name", "model_alias", "model_uri", "api_keys_file", "metrics_api_keys_file", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `MODEL_NAME=` in an env file, or an image built without the argument, names no model either.

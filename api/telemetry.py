@@ -113,6 +113,23 @@ class Telemetry:
             ["method", "handler"],
             registry=registry,
         )
+        self.client_disconnects = Counter(
+            "http_client_disconnects_total",
+            "Requests whose client left before sending the whole body (answered 499, in the 4xx class).",
+            registry=registry,
+        )
+        self.connection_refusals = Counter(
+            "http_connection_refusals_total",
+            "Requests refused by the HTTP server before the app (api/server.py): 408 for a head past "
+            "REQUEST_READ_TIMEOUT_SECONDS, 431 for one over MAX_HEADER_BYTES; the connection is closed.",
+            ["reason"],
+            registry=registry,
+        )
+        self.body_timeouts = Counter(
+            "http_body_timeouts_total",
+            "Requests whose body did not arrive within REQUEST_READ_TIMEOUT_SECONDS (408, then closed).",
+            registry=registry,
+        )
         # The model.
         self.inference_seconds = Histogram(
             INFERENCE_SECONDS,
@@ -149,6 +166,16 @@ class Telemetry:
         )
         for result in RELOAD_RESULTS:
             self.reloads.labels(result)
+        self.model_registry_up = Gauge(
+            "model_registry_up",
+            "1 when the last look-up of the model alias in the registry succeeded, else 0.",
+            registry=registry,
+        )
+        self.model_last_successful_check = Gauge(
+            "model_last_successful_check_timestamp_seconds",
+            "Unix time of the last successful look-up of the model alias in the registry.",
+            registry=registry,
+        )
         self.batch_rows = Counter(
             "predict_rows_total", "Rows received in /predict/batch requests.", registry=registry
         )

@@ -125,13 +125,13 @@ class FastDecoder:
     def record(self, body: bytes) -> Row | None:
         try:
             return msgspec.structs.asdict(self._record.decode(body))
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, UnicodeDecodeError):  # msgspec reports invalid UTF-8 as the latter
             return None
 
     def batch(self, body: bytes) -> dict[str, list[Any]] | None:
         try:
             records = self._batch.decode(body).records
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, UnicodeDecodeError):
             return None
         return columns_of(records, self._names, attrgetter)
 

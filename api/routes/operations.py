@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.loading import ServedModel
+from api.redaction import redact
 from api.responses import ErrorResponse, HealthResponse, ModelResponse, ReadyResponse
 from api.routes import service_of
 
@@ -74,7 +75,7 @@ def describe(model: ServedModel) -> dict[str, Any]:
         "version": registry.version,
         "alias": registry.alias,
         "run_id": registry.run_id,
-        "source": registry.source,
+        "source": redact(registry.source) if registry.source else None,
         "git_sha": tags.get("git_sha"),
         "data_hash": tags.get("data_hash"),
         "status": tags.get("status"),

@@ -3,13 +3,13 @@ of the model that serves right now, scored, and written back without FastAPI's s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.bodies import read_request_body
+from api.bodies import BodyDeadlines
 from api.fast import DirectRoute
 from api.responses import (
     JSON,
@@ -23,6 +23,9 @@ from api.responses import (
 from api.routes import service_of
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "A missing or wrong API key (when API_KEYS_FILE is set)."},
+    408: {"model": ErrorResponse, "description": "The body took longer than REQUEST_READ_TIMEOUT_SECONDS."},
+    415: {"model": ErrorResponse, "description": "The body is not application/json."},
     413: {"model": ErrorResponse, "description": "The body is larger than MAX_BODY_BYTES."},
     422: {"model": ValidationErrorResponse, "description": "Field-level validation errors."},
     503: {"model": ErrorResponse, "description": "No model is loaded yet; the detail says why."},
@@ -37,7 +40,7 @@ router = APIRouter(tags=["predictions"], route_class=DirectRoute, responses=RESP
 async def predict(request: Request) -> Response:
     service = service_of(request)
     model = service.require_model()
-    body = await read_request_body(request, service.settings.max_body_bytes)
+    body = await body_deadlines_of(request).read(request, service.settings.max_body_bytes)
     row = model.requests.parse_record(body, service.telemetry)
     label, probability = service.score_one(model, row)
     registry = model.registry
@@ -52,9 +55,13 @@ async def predict(request: Request) -> Response:
 async def predict_batch(request: Request) -> Response:
     service = service_of(request)
     model = service.require_model()
-    body = await read_request_body(request, service.settings.max_body_bytes)
+    body = await body_deadlines_of(request).read(request, service.settings.max_body_bytes)
     columns = model.requests.parse_batch(body, service.telemetry)
     probabilities, positive = await service.score_batch(model, columns)
     registry = model.registry
     answer = batch_body(registry.name, registry.version, model.labels, probabilities, positive)
     return Response(answer, media_type=JSON)
+
+
+def body_deadlines_of(request: Request) -> BodyDeadlines:
+    return cast(BodyDeadlines, request.app.state.body_deadlines)

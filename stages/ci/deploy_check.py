@@ -5,7 +5,8 @@
 
 It polls `/ready` until it answers 200, then `/model` until it reports the expected name and version
 (the service picks up a moved alias on its next reload, so the first answers may still name the old one).
-It exits 1 when the deadline passes first; `make deploy` then rolls back.
+It exits 1 when the deadline passes first; `make deploy` then rolls back. When the service requires API
+keys, DEPLOY_API_KEY (a secret of the `production` environment) is sent as `Authorization: Bearer`.
 """
 
 from __future__ import annotations
@@ -37,9 +38,18 @@ class Outcome:
     model: dict[str, Any] | None = None
 
 
+def request_headers() -> dict[str, str]:
+    """What every check sends: JSON wanted, and DEPLOY_API_KEY when the environment has one."""
+    headers = {"Accept": "application/json"}
+    key = os.environ.get("DEPLOY_API_KEY", "").strip()
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
 def get(url: str, timeout: float) -> tuple[int, Any]:
     """(status, parsed JSON body or None); status 0 when nothing answered."""
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    request = urllib.request.Request(url, headers=request_headers())
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, raw = response.status, response.read()

@@ -49,7 +49,12 @@ def test_each_error_answers_its_status_and_its_detail(client, path):
     response = client.get(path)
     assert response.status_code == status == error.status_code
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == {"detail": error.detail}
+    assert response.json() == error.body()
+    assert response.json()["detail"] == error.detail
+
+
+def test_a_422_counts_the_issues_it_leaves_out(client):
+    assert client.get("/invalid").json()["errors_omitted"] == 0
 
 
 def test_anything_else_is_a_plain_500(client):

@@ -42,12 +42,22 @@ def test_every_feature_is_documented_with_its_type_range_or_categories(spec, api
         assert ({"type": "null"} in options) == meta["nullable"]
 
 
-def test_the_examples_are_the_models_input_example(spec, api_registry):
-    example = api_registry.input_example(api_registry.production)
+def test_the_examples_are_synthetic_medians_and_modes_not_real_rows(spec, api_registry):
+    real_rows = api_registry.input_example(api_registry.production)
+    metadata = api_registry.metadata(api_registry.production)
     single = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
     batch = spec["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]
-    assert single["example"] == example[0]
-    assert batch["example"] == {"records": example}
+    example = single["example"]
+    assert example not in real_rows and str(real_rows[0]) not in str(spec)
+    assert batch["example"] == {"records": [example]}
+    assert list(example) == metadata["feature_order"]
+    for name, meta in metadata["categorical"].items():
+        assert example[name] == max(meta["frequencies"], key=meta["frequencies"].get)
+    for name, meta in metadata["numeric"].items():
+        assert meta["min"] <= example[name] <= meta["max"]
+        edges = meta["histogram"]["edges"]
+        if len(edges) == 11:  # deciles: the median lies between the 4th and the 6th
+            assert edges[4] <= example[name] <= edges[6], name
     assert single["schema"] == {"$ref": "#/components/schemas/PredictionRequest"}
 
 

@@ -20,6 +20,7 @@ class ServiceState:
     images: dict[str, str] = field(default_factory=dict)
     hook_calls: list[dict[str, Any]] = field(default_factory=list)
     hook_headers: list[dict[str, str]] = field(default_factory=list)
+    api_key: str | None = None  # when set, /model answers 401 without `Authorization: Bearer <it>`
 
 
 def _handler(state: ServiceState) -> type[BaseHTTPRequestHandler]:
@@ -42,7 +43,10 @@ def _handler(state: ServiceState) -> type[BaseHTTPRequestHandler]:
                 else:
                     self._send(200, {"status": "ready"})
             elif self.path == "/model":
-                self._send(200, state.model)
+                if state.api_key and self.headers.get("Authorization") != f"Bearer {state.api_key}":
+                    self._send(401, {"detail": "this route needs an API key"})
+                else:
+                    self._send(200, state.model)
             else:
                 self._send(404, {"detail": "not found"})
 

@@ -63,3 +63,13 @@ def test_nothing_listening_fails_without_raising():
     outcome = _verify(f"http://127.0.0.1:{free_port()}", attempts=2)
     assert not outcome.ok
     assert outcome.message.startswith("/ready answered nothing")
+
+
+def test_the_deploy_api_key_is_sent_when_the_service_requires_one(monkeypatch):
+    with fake_service(ServiceState(api_key="the-deploy-key")) as url:
+        monkeypatch.delenv("DEPLOY_API_KEY", raising=False)
+        refused = _verify(url, attempts=1)
+        monkeypatch.setenv("DEPLOY_API_KEY", "the-deploy-key")
+        admitted = _verify(url, attempts=1)
+    assert not refused.ok and "401" in refused.message
+    assert admitted.ok, admitted.message

@@ -1,0 +1,141 @@
+"""The HTTP server: uvicorn's httptools protocol with the two limits uvicorn lacks, for the request head.
+
+uvicorn 0.54 has a keep-alive timeout (`timeout_keep_alive`) and a concurrency limit
+(`limit_concurrency`, 503), but nothing bounds the head of a request: a client that opens a connection and
+sends half a header, or one byte a second, holds it forever (1,000 of them exhausted a 256-file limit),
+and httptools gathers a header however long it grows, at a cost that grows faster than its size (a
+100 MB header held the event loop for 5.4 s). This protocol adds:
+
+- a total deadline for the head, REQUEST_READ_TIMEOUT_SECONDS from the connection's start or from the end
+  of the previous response on a kept-alive one: 408, then the connection closes. The body has the same
+  deadline from the end of the head, kept by api/bodies.py;
+- MAX_HEADER_BYTES for the head: 431, then the connection closes, before httptools holds more than one
+  read past the limit.
+
+The deadline is kept by one reaper task per event loop that looks at every connection's head start a few
+times a second, not by a timer per request (a timer measured 2.5 µs a request). Both refusals are counted
+in `http_connection_refusals_total{reason}`, from the telemetry the app's lifespan hands over.
+
+This is a guard for the process itself, not a front door: a production deployment puts a reverse proxy
+(nginx, Envoy, a cloud load balancer) with the same limits in front of it (README, "Hardening").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+MAX_TICK_SECONDS = 0.25
+HEAD_TIMEOUT = "head_timeout"
+HEADERS_TOO_LARGE = "headers_too_large"
+REASONS = (HEAD_TIMEOUT, HEADERS_TOO_LARGE)
+_STATUS_LINES = {
+    408: b"HTTP/1.1 408 Request Timeout\r\n",
+    431: b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+}
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """Set by `guarded_protocol`: the head's deadline and size limit."""
+
+    head_timeout: ClassVar[float] = 10.0
+    max_header_bytes: ClassVar[int] = 16 * 1024
+    _reapers: ClassVar[dict[asyncio.AbstractEventLoop, asyncio.Task[None]]] = {}
+
+    # The loop time the current head began (None while a request is being served), and its bytes so far.
+    head_started: float | None = None
+    head_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.head_started, self.head_bytes = self.loop.time(), 0
+        reaper = self._reapers.get(self.loop)
+        if reaper is None or reaper.done():
+            self._reapers[self.loop] = self.loop.create_task(
+                _reap(self.connections, self.head_timeout, self.loop), name="head-deadlines"
+            )
+
+    def data_received(self, data: bytes) -> None:
+        if self.head_started is not None:
+            self.head_bytes += len(data)
+        super().data_received(data)
+        if self.head_started is not None and self.head_bytes > self.max_header_bytes:
+            self.refuse(431, HEADERS_TOO_LARGE, self._too_large())
+
+    def on_headers_complete(self) -> None:
+        # The read that completed the head may hold body bytes too: only then is the head itself measured.
+        self.head_started = None
+        if self.head_bytes > self.max_header_bytes and self._head_size() > self.max_header_bytes:
+            app, self.app = self.app, self._answer_431
+            try:
+                super().on_headers_complete()  # the request runs, through an app that only refuses it
+            finally:
+                self.app = app
+            return
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self.head_started, self.head_bytes = self.loop.time(), 0
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
+    def _too_large(self) -> str:
+        return f"the request head exceeds {self.max_header_bytes} bytes"
+
+    async def _answer_431(self, scope: Any, receive: Any, send: Any) -> None:
+        body = json.dumps({"detail": self._too_large()}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 431, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self._count(HEADERS_TOO_LARGE)
+
+    def refuse(self, status: int, reason: str, detail: str) -> None:
+        """Answer `status` with an ErrorResponse body and close, mid-head; nothing of the request runs."""
+        self.head_started = None
+        if self.transport.is_closing():
+            return
+        body = json.dumps({"detail": detail}).encode()
+        self.transport.write(
+            _STATUS_LINES[status]
+            + b"content-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode()
+            + b"\r\nconnection: close\r\n\r\n"
+            + body
+        )
+        self.transport.close()
+        self._count(reason)
+
+    def _count(self, reason: str) -> None:
+        telemetry = self.app_state.get("telemetry")  # what the app's lifespan handed over
+        if telemetry is not None:
+            telemetry.connection_refusals.labels(reason).inc()
+
+
+async def _reap(connections: set[Any], head_timeout: float, loop: asyncio.AbstractEventLoop) -> None:
+    """Every tick, refuse the connections whose head has taken longer than `head_timeout`."""
+    tick = min(MAX_TICK_SECONDS, head_timeout / 4)
+    detail = f"the request head did not arrive within {head_timeout:g} s"
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            await asyncio.sleep(tick)
+            deadline = loop.time() - head_timeout
+            for connection in list(connections):
+                started = getattr(connection, "head_started", None)
+                if started is not None and started <= deadline:
+                    connection.refuse(408, HEAD_TIMEOUT, detail)
+
+
+def guarded_protocol(head_timeout: float, max_header_bytes: int) -> type[GuardedHttpToolsProtocol]:
+    """The protocol class for uvicorn's `http=` with these limits."""
+    return type(
+        "GuardedHttpToolsProtocol",
+        (GuardedHttpToolsProtocol,),
+        {"head_timeout": head_timeout, "max_header_bytes": max_header_bytes},
+    )

@@ -1,0 +1,142 @@
+"""Slow and huge clients against the real server (`python -m api`, api/server.py): a head that never ends
+is a 408 that closes, however it trickles, on a new or a kept-alive connection; a head over
+MAX_HEADER_BYTES is a 431 that closes; both are counted, and /health answers throughout."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.support.processes import REPO_ROOT, free_port, running, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+READ_TIMEOUT = 1.0
+MAX_HEADER_BYTES = 4096
+GIVE_UP_SECONDS = 8.0  # well past the deadline: a server without one is still silent then
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory):
+    port = free_port()
+    env = subprocess_env(
+        MODEL_URI=str(tmp_path_factory.mktemp("no-model") / "missing"),  # no model needed for the head
+        REQUEST_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT),
+        MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
+        KEEP_ALIVE_TIMEOUT_SECONDS="30",  # longer than the head deadline: the deadline is what closes
+    )
+    log = tmp_path_factory.mktemp("server") / "api.log"
+    with running(
+        [sys.executable, "-m", "api", "--port", str(port)],
+        log,
+        ready_url=f"http://127.0.0.1:{port}/health",
+        cwd=REPO_ROOT,
+        env=env,
+    ):
+        yield f"http://127.0.0.1:{port}"
+
+
+def connect(base_url: str) -> socket.socket:
+    host, port = base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=GIVE_UP_SECONDS)
+    return sock
+
+
+def answer_then_close(sock: socket.socket, trickle: bytes = b"") -> bytes:
+    """Everything the server sends until it closes, sending `trickle` a byte at a time meanwhile."""
+    with sock:
+        return _until_closed(sock, trickle)
+
+
+def _until_closed(sock: socket.socket, trickle: bytes) -> bytes:
+    received = b""
+    sock.settimeout(0.1)
+    deadline = time.monotonic() + GIVE_UP_SECONDS
+    pending = list(trickle)
+    while time.monotonic() < deadline:
+        if pending:
+            try:
+                sock.send(bytes([pending.pop(0)]))
+            except OSError:
+                pending = []
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:  # closed while we were still sending: closed all the same
+            return received
+        if not chunk:
+            return received
+        received += chunk
+    raise AssertionError(f"the connection stayed open; received {received[:200]!r}")
+
+
+def refusals(base_url: str, reason: str) -> float:
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith(f'http_connection_refusals_total{{reason="{reason}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def health(base_url: str) -> int:
+    with urllib.request.urlopen(f"{base_url}/health", timeout=5) as response:
+        return response.status
+
+
+def test_a_head_trickled_past_the_deadline_is_a_408_that_closes(base_url):
+    before = refusals(base_url, "head_timeout")
+    half_sent = [connect(base_url) for _ in range(20)]
+    for sock in half_sent:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n")
+    # One byte every 0.1 s, never the blank line: an idle timeout would never fire.
+    answers = [answer_then_close(half_sent[0], trickle=b"X-Slow: " + b"a" * 200)]
+    answers += [answer_then_close(sock) for sock in half_sent[1:]]
+    assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers[0]
+    assert b'"detail"' in answers[0]
+    assert health(base_url) == 200
+    assert refusals(base_url, "head_timeout") >= before + 20
+
+
+def test_a_silent_connection_and_a_kept_alive_one_are_cut_off_too(base_url):
+    silent = connect(base_url)
+    assert answer_then_close(silent).startswith(b"HTTP/1.1 408")
+    kept = connect(base_url)
+    kept.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+    first = kept.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200")
+    kept.sendall(b"GET /health HTTP/1.1\r\n")  # the next head, never finished
+    assert answer_then_close(kept).startswith(b"HTTP/1.1 408")
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "never-ending"])
+def test_a_head_over_max_header_bytes_is_a_431_that_closes(base_url, streamed):
+    before = refusals(base_url, "headers_too_large")
+    sock = connect(base_url)
+    big_header = b"X-Big: " + b"b" * (2 * MAX_HEADER_BYTES) + b"\r\n"
+    if streamed:  # a header that never ends, in reads of 1 KB
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Big: ")
+        for _ in range(2 * MAX_HEADER_BYTES // 1024):
+            try:
+                sock.sendall(b"b" * 1024)
+            except OSError:
+                break
+    else:  # the whole request in one write, so that one read may hold it all
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n" + big_header + b"\r\n")
+    answer = answer_then_close(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    assert health(base_url) == 200
+    assert refusals(base_url, "headers_too_large") == before + 1
+
+
+def test_a_head_within_the_limit_is_served(base_url):
+    sock = connect(base_url)
+    sock.sendall(
+        b"GET /health HTTP/1.1\r\nHost: test\r\nX-Fine: " + b"c" * 1000 + b"\r\nConnection: close\r\n\r\n"
+    )
+    assert answer_then_close(sock).startswith(b"HTTP/1.1 200")
