@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 from tests.support.dockerfiles import instructions as dockerfile_instructions
@@ -54,3 +55,11 @@ def test_whoever_builds_or_runs_the_image_can_name_the_registered_model():
     }
     environment = " ".join(rest for keyword, rest in steps if keyword == "ENV")
     assert "MODEL_NAME=${MODEL_NAME}" in environment and "MODEL_ALIAS=${MODEL_ALIAS}" in environment
+
+
+def test_every_base_image_is_pinned_by_tag_and_digest():
+    """The form only (a wrong digest passes every offline check); the same base as stages/Dockerfile."""
+    bases = [rest.split()[0] for keyword, rest in instructions() if keyword == "FROM"]
+    assert bases
+    for base in bases:
+        assert re.fullmatch(r"[a-z0-9./-]+:[\w.-]+@sha256:[0-9a-f]{64}", base), base
