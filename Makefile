@@ -76,6 +76,10 @@ repro: venv ## dvc repro (MLflow in mlflow.db unless MLFLOW_TRACKING_URI says ot
 promote: venv ## move the `production` alias to the `staging` version
 	python -m stages.registry promote
 
+.PHONY: migrate-serving
+migrate-serving: venv ## give VERSION=<n> of the served model (CANDIDATES=1: of the candidates) its serving artifact; unpickles it: trusted versions only
+	python -m stages.registry migrate-serving $(VERSION) $(if $(CANDIDATES),--candidates)
+
 .PHONY: rollback
 rollback: venv ## move `production` back to the version it replaced
 	python -m stages.registry rollback

@@ -1,9 +1,11 @@
-"""Build a model that may serve: load the logged pipeline, read its contract and decision rule, build its
-request models, compile its fast path and prove that path matches the pipeline (else serve the generic
-one). Where the files come from is api/registry.py's business."""
+"""Build a model that may serve: read its contract and decision rule, build its request models, and load
+its predictor from the serving artifact (api/artifact.py), verified, with no unpickling. Only when
+ALLOW_PICKLE_MODELS=true, a model without that artifact is unpickled, compiled when it can be, else served
+through pandas. Where the files come from is api/registry.py's business."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from api.artifact import DIGEST_TAG, SERVING_DIR, ArtifactRefused, load_serving, parse_digests
 from api.fast import UnsupportedPipeline, compile_predictor, synthetic_rows, verify_parity
 from api.predictor import GenericPredictor, Label, Predictor
 from api.process import native_threads
@@ -51,13 +54,14 @@ class ServedModel:
 
 def load_registered(settings: Settings, registered: RegistryVersion) -> ServedModel:
     with downloaded(settings, registered) as path:
-        return build(path, registered, settings)
+        return build(path, registered, settings, require_digests=True)
 
 
 def load_local(settings: Settings) -> ServedModel:
     """MODEL_URI, served without following an alias."""
     with local_model(settings) as (path, registered):
-        return build(path, registered, settings)
+        # A directory baked into an image has no registry tags: its expected answers still are checked.
+        return build(path, registered, settings, require_digests=False)
 
 
 def decision_rule(metadata: dict[str, Any]) -> tuple[tuple[Label, Label], float]:
@@ -103,61 +107,44 @@ def _same_class(value: Any, wanted: Any) -> bool:
     return isinstance(value, bool | np.bool_) == isinstance(wanted, bool) and bool(value == wanted)
 
 
-def build(path: Path, registered: RegistryVersion, settings: Settings) -> ServedModel:
-    """Load the pipeline, build the request schema, compile the fast path and prove it matches."""
-    import mlflow.sklearn
+def build(path: Path, registered: RegistryVersion, settings: Settings, require_digests: bool) -> ServedModel:
+    """Read the contract, build the request schema, and load the predictor from the serving artifact,
+    checked against its digests (`require_digests`: a registry version must have them) and its expected
+    answers. Without that artifact, the pickled pipeline only when ALLOW_PICKLE_MODELS=true."""
     from mlflow.models import Model
 
-    logged = Model.load(str(path))
+    logged = Model.load(str(path))  # MLmodel is YAML: data, read without running anything
     metadata = (logged.metadata or {}).get("feature_metadata")
     if not metadata:
         raise ModelCheckFailed("the model was logged without metadata['feature_metadata']")
     labels, threshold = decision_rule(metadata)
-    examples = _example_rows(logged, path)
     requests = build_request_models(
         logged.signature, metadata, settings.max_batch_size, settings.max_validation_errors
     )
-    pipeline = mlflow.sklearn.load_model(str(path))
-    _single_threaded(pipeline)
-    columns = requests.columns
-    known = {
-        name: set(metadata["categorical"].get(name, {}).get("categories", [])) for name in columns.categorical
-    }
-    positive_index = positive_class_index(pipeline.classes_, metadata.get("positive_class"), labels[1])
-    generic = GenericPredictor(pipeline, columns, known, positive_index)
-    probe = examples + synthetic_rows(metadata, columns, settings.verify_rows)
-    expected, _ = generic.predict_rows(probe)
-    if not np.isfinite(expected).all():
-        raise ModelCheckFailed("the pipeline returns non-finite probabilities on its input example or probes")
-
-    predictor: Predictor = generic
-    fallback_reason: str | None = None
-    max_error: float | None = None
-    try:
-        fast = compile_predictor(pipeline, columns, positive_index)
-        max_error = verify_parity(fast, probe, expected)
-        if not max_error <= settings.parity_tolerance:
-            raise UnsupportedPipeline(
-                f"fast path differs from the pipeline by {max_error:.3g} on {len(probe)} rows"
-            )
-        predictor = fast
-    except UnsupportedPipeline as error:
-        fallback_reason = str(error)
-    except Exception as error:  # a shape the compiler misreads must cost speed, never the model
-        fallback_reason = f"the compiler failed: {type(error).__name__}: {error}"
-    if fallback_reason is not None:
-        log.warning(
-            "model %s v%s: serving the generic pandas path (%s)",
-            registered.name,
-            registered.version,
-            fallback_reason,
+    serving = path / SERVING_DIR
+    max_error: float | None
+    fallback_reason: str | None
+    if serving.is_dir():
+        predictor, probe_rows, max_error = _from_artifact(
+            serving, registered, requests, settings, require_digests
+        )
+        fallback_reason = None
+    elif settings.allow_pickle_models:
+        predictor, probe_rows, max_error, fallback_reason = _from_pickle(
+            path, metadata, requests, labels, settings
+        )
+    else:
+        raise ModelCheckFailed(
+            f"the model has no {SERVING_DIR}/ artifact (registered before it existed, or a pipeline shape the "
+            "compiler cannot export); serving it means unpickling it: set ALLOW_PICKLE_MODELS=true only if "
+            "every registry writer is trusted, or re-register it (`make migrate-serving`)"
         )
     log.info(
         "model %s v%s: %s predictor, verified on %d rows (max error %s); %s",
         registered.name,
         registered.version,
         predictor.kind,
-        len(probe),
+        probe_rows,
         max_error,
         native_threads(),  # the model's libraries are loaded now: their thread pools are the ones it uses
     )
@@ -172,6 +159,62 @@ def build(path: Path, registered: RegistryVersion, settings: Settings) -> Served
         loaded_at=datetime.now(UTC),
         max_parity_error=max_error,
     )
+
+
+def _from_artifact(
+    serving: Path,
+    registered: RegistryVersion,
+    requests: RequestModels,
+    settings: Settings,
+    require_digests: bool,
+) -> tuple[Predictor, int, float]:
+    tag = registered.tags.get(DIGEST_TAG)
+    try:
+        digests = parse_digests(tag) if (require_digests or tag) else None
+        served = load_serving(serving, digests, requests.columns, settings.parity_tolerance)
+    except ArtifactRefused as error:
+        raise ModelCheckFailed(f"serving artifact refused: {error}") from None
+    return served.predictor, served.probe_rows, served.max_error
+
+
+def _from_pickle(
+    path: Path,
+    metadata: dict[str, Any],
+    requests: RequestModels,
+    labels: tuple[Label, Label],
+    settings: Settings,
+) -> tuple[Predictor, int, float | None, str | None]:
+    """The pickled pipeline (ALLOW_PICKLE_MODELS=true): compiled when its shape allows and it matches, else
+    served as it is through pandas."""
+    import mlflow.sklearn
+
+    log.warning("model without a serving artifact: unpickling it (ALLOW_PICKLE_MODELS=true)")
+    pipeline = mlflow.sklearn.load_model(str(path))
+    _single_threaded(pipeline)
+    columns = requests.columns
+    known = {
+        name: set(metadata["categorical"].get(name, {}).get("categories", [])) for name in columns.categorical
+    }
+    positive_index = positive_class_index(pipeline.classes_, metadata.get("positive_class"), labels[1])
+    generic = GenericPredictor(pipeline, columns, known, positive_index)
+    probe = _example_rows(path) + synthetic_rows(metadata, columns, settings.verify_rows)
+    expected, _ = generic.predict_rows(probe)
+    if not np.isfinite(expected).all():
+        raise ModelCheckFailed("the pipeline returns non-finite probabilities on its input example or probes")
+    try:
+        fast = compile_predictor(pipeline, columns, positive_index)
+        max_error = verify_parity(fast, probe, expected)
+        if not max_error <= settings.parity_tolerance:
+            raise UnsupportedPipeline(
+                f"fast path differs from the pipeline by {max_error:.3g} on {len(probe)} rows"
+            )
+        return fast, len(probe), max_error, None
+    except UnsupportedPipeline as error:
+        reason = str(error)
+    except Exception as error:  # a shape the compiler misreads must cost speed, never the model
+        reason = f"the compiler failed: {type(error).__name__}: {error}"
+    log.warning("serving the generic pandas path (%s)", reason)
+    return generic, len(probe), None, reason
 
 
 def _single_threaded(model: Any) -> None:
@@ -190,17 +233,21 @@ def _single_threaded_pipeline(pipeline: Any) -> None:
             step.get_booster().set_param({"nthread": 1})
 
 
-def _example_rows(logged: Any, path: Path) -> list[dict[str, Any]]:
-    frame = logged.load_input_example(str(path))
-    if frame is None:
+def _example_rows(path: Path) -> list[dict[str, Any]]:
+    """The logged input example, read as the JSON MLflow wrote (pandas "split" orient)."""
+    example = path / "input_example.json"
+    if not example.is_file():
         return []
-    rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
-    return [{key: _plain(value) for key, value in row.items()} for row in rows]
+    data = json.loads(example.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("columns"), list):
+        return []
+    return [
+        {key: _plain(value) for key, value in zip(data["columns"], row, strict=True)}
+        for row in data.get("data", [])
+    ]
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
     if isinstance(value, float) and math.isnan(value):
         return None
     return value

@@ -68,6 +68,12 @@ class ReadyResponse(BaseModel):
     model_version: str | None = None
 
 
+class ReloadFailure(BaseModel):
+    version: str | None = Field(description="The version the alias moved to, which was refused.")
+    reason: str
+    at: str = Field(description="When it was refused (ISO 8601, UTC).")
+
+
 class ModelResponse(BaseModel):
     name: str
     version: str | None
@@ -89,6 +95,11 @@ class ModelResponse(BaseModel):
     positive_label: Label = Field(description="The label whose probability the predictions report.")
     decision_threshold: float = Field(
         gt=0, lt=1, description="A prediction is the positive label when its probability is above this."
+    )
+    last_reload_failure: ReloadFailure | None = Field(
+        default=None,
+        description="The last version the alias moved to that failed to load while this one kept serving "
+        "(null once a newer version loads).",
     )
 
 

@@ -8,6 +8,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,8 @@ class ModelService:
         self._counters: dict[Label, Counter] = {}
         # The version that failed to load, not tried again until the alias points elsewhere.
         self._failed_version: str | None = None
+        # What /model tells about it, while the older version keeps serving.
+        self.last_reload_failure: dict[str, Any] | None = None
         if settings.model_uri:  # a fixed model follows no registry: there is nothing to report about one
             telemetry.registry.unregister(telemetry.model_registry_up)
             telemetry.registry.unregister(telemetry.model_last_successful_check)
@@ -151,6 +154,11 @@ class ModelService:
             model = await asyncio.to_thread(loaded_off_the_loop, load_registered, self.settings, registered)
         except Exception as error:  # a bad new version must never take the old one down
             self._failed_version = registered.version
+            self.last_reload_failure = {
+                "version": registered.version,
+                "reason": redact(_short(error)),
+                "at": datetime.now(UTC).isoformat(),
+            }
             self.telemetry.reloads.labels("failure").inc()
             log.error(
                 "reload of %s v%s failed, version %s keeps serving (not retried until the alias moves): %s",
@@ -168,6 +176,7 @@ class ModelService:
         self._counters = {label: self.telemetry.predictions.labels(str(label)) for label in model.labels}
         self.model = model
         self.not_ready_reason = ""
+        self.last_reload_failure = None
         registry = model.registry
         self.telemetry.reloads.labels("success").inc()
         self.telemetry.model_info.clear()

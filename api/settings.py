@@ -63,7 +63,13 @@ class Settings(BaseSettings):
     verify_rows: int = Field(
         default=512,
         ge=0,
-        description="Synthetic rows checked, with the input example, before a model serves.",
+        description="Synthetic rows checked, with the input example, before a pickled model serves (a "
+        "model with a serving artifact is checked on the probe rows it carries).",
+    )
+    allow_pickle_models: bool = Field(
+        default=False,
+        description="Serve a model without a serving artifact by unpickling it. Unpickling runs code: only "
+        "when every registry writer is trusted.",
     )
     parity_tolerance: float = Field(
         default=1e-6, gt=0, description="Largest allowed |fast - pipeline| probability on those rows."

@@ -16,6 +16,8 @@ import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
+from api.artifact import DIGEST_TAG
+from api.predictor import Columns
 from stages.classification import classification_metrics
 from stages.errors import StageError, run
 from stages.features import labels, model_inputs
@@ -24,6 +26,7 @@ from stages.quality import clears_floor, gain, numeric_metrics
 from stages.registry import Registry, open_registry
 from stages.registry.faults import crash_point
 from stages.registry.locks import decision_lock
+from stages.serving import registered_scores
 from stages.tracking import configure, training_run
 from stages.workspace import dvc_hash, experiment_name, git_dirty, git_sha, output, workspace
 
@@ -106,6 +109,7 @@ def incumbents(
     split, so all face the same rows. A version trained by `own_run` (this model, registered by an
     interrupted run) and a staged candidate that production is a copy of are not rivals twice."""
     features = load_params().features
+    columns = Columns(numeric=tuple(features.numeric), categorical=tuple(features.categorical))
     found, seen = [], {own_run}
     for alias in (registry.aliases.production, registry.aliases.staging):
         version = registry.at(alias)
@@ -114,10 +118,13 @@ def incumbents(
         if version is None or trained_by in seen:
             continue
         seen.add(trained_by)
-        # Any failure (a feature it lacks, an incompatible artifact) means no fair comparison is possible.
+        # Scored through its serving artifact, checked against its digests: the registry's pickles are
+        # never loaded here (CI runs this stage with registry credentials). Any failure (no artifact, a
+        # feature it lacks, a refused digest) means no fair comparison is possible.
         try:
-            model = mlflow.sklearn.load_model(f"models:/{version.name}/{version.version}")
-            probability = model.predict_proba(model_inputs(test, features))[:, 1]
+            probability = registered_scores(
+                registry.client, version.name, str(version.version), model_inputs(test, features), columns
+            )
         except Exception as error:
             found.append(Incumbent(alias, str(version.version), None, f"{type(error).__name__}: {error}"))
             continue
@@ -160,6 +167,8 @@ def main() -> None:
             "data_hash": dvc_hash(workspace() / params.paths.prepared),
             "dvc_exp_name": experiment_name(),
             "training_run_id": trained.info.run_id,
+            # What the service and later registers verify the serving artifact against.
+            **({DIGEST_TAG: trained.data.tags[DIGEST_TAG]} if DIGEST_TAG in trained.data.tags else {}),
             "family": trained.data.tags.get("chosen_family", ""),
             "status": "staging" if decision.staging else "rejected",
             "decision": "\n".join(decision.reasons),

@@ -14,15 +14,20 @@ import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 
+from api.artifact import DIGEST_TAG
 from stages.classification import classification_metrics
 from stages.errors import run
 from stages.features import feature_metadata, labels, model_inputs
 from stages.modelling import Fitted, fit, refit, refit_settings
 from stages.params import Family, load_params
+from stages.serving import log_serving_artifact
 from stages.tracking import TrainingRun, configure, record_training_run
 from stages.workspace import experiment_name, git_dirty, git_sha, output, run_name, workspace
 
-SERVING_PACKAGES = ("mlflow", "scikit-learn", "xgboost-cpu", "pandas", "numpy", "cloudpickle")
+SERVING_PACKAGES = ("mlflow", "scikit-learn", "xgboost-cpu", "pandas", "numpy", "skops")
+# skops refuses every type outside sklearn's and numpy's own unless it is listed; these are the ones our
+# families add (XGBoost's estimator and booster, and numpy dtypes as skops stores them).
+SKOPS_TRUSTED_TYPES = ["numpy.dtype", "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier"]
 
 
 def serving_requirements() -> list[str]:
@@ -31,11 +36,14 @@ def serving_requirements() -> list[str]:
 
 
 def log_model(model: Any, x_val: pd.DataFrame, example: pd.DataFrame, metadata: dict[str, Any]) -> str:
-    """The model as an MLflow model in the active run; its URI."""
+    """The model as an MLflow model in the active run, with its serving artifact (what the service loads:
+    data, not a pickle) and that artifact's digests as a run tag; the model's URI."""
     info = mlflow.sklearn.log_model(
         model,
         name="model",
-        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+        # Not cloudpickle: skops loads only the types it is told to trust.
+        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
         # From all validation rows, so columns that may be missing are optional in the schema.
         signature=infer_signature(x_val, model.predict_proba(x_val)),
         input_example=example,
@@ -43,6 +51,9 @@ def log_model(model: Any, x_val: pd.DataFrame, example: pd.DataFrame, metadata: 
         metadata={"feature_metadata": metadata},
         pip_requirements=serving_requirements(),
     )
+    digests = log_serving_artifact(info.model_id, model, example, metadata)
+    if digests is not None:
+        mlflow.set_tag(DIGEST_TAG, digests)
     return str(info.model_uri)
 
 
@@ -120,8 +131,10 @@ def main() -> None:
         (model_dir / "model.pkl").write_bytes(model_bytes)
         (model_dir / "feature_metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
         model_sha256 = hashlib.sha256(model_bytes).hexdigest()
+        chosen_digests = mlflow.get_run(chosen_run).data.tags.get(DIGEST_TAG)
         mlflow.set_tags(
             {
+                **({DIGEST_TAG: chosen_digests} if chosen_digests else {}),
                 "model_sha256": model_sha256,
                 "chosen_family": best,
                 "chosen_run_id": chosen_run,

@@ -1,145 +1,121 @@
-"""Turn the logged sklearn Pipeline into a FastPredictor, once, at load time.
+"""Turn a predictor spec (api/fast/export.py) into a FastPredictor, with no sklearn and no unpickling.
 
-The logged model is `Pipeline([preprocess: ColumnTransformer(numeric: impute+scale, categorical:
-impute+one-hot), classifier])`. `compile_predictor` reads the fitted parameters and replays them with
-plain Python and numpy: arithmetic for the numeric columns, a dict from category to output column for the
-one-hot block, then the booster or the trees (or a dot product and a logistic function). Anything it does
-not recognise raises `UnsupportedPipeline`, and the caller serves the generic pandas path instead.
+The spec is plain data: per numeric column its imputed fill, mean and scale; per categorical column a map
+from category to one-hot output column; then the classifier (a dot product and a logistic function, or
+XGBoost's own JSON booster, walked by numpy for a few rows) and an optional calibrator. `compile_spec`
+replays them with plain Python and numpy. A spec it cannot replay exactly raises `UnsupportedPipeline`.
+`compile_predictor` is the same from a fitted pipeline (export then compile), for tests and for the
+pickle path that ALLOW_PICKLE_MODELS allows.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from api.fast.predictor import CategoricalColumn, FastPredictor, NumericColumn, Scorer
+from api.fast.export import SPEC_FORMAT, export_pipeline
+from api.fast.predictor import CategoricalColumn, FastPredictor, NumericColumn, Scorer, UnsupportedPipeline
 from api.fast.trees import TreeEnsemble, UnsupportedBooster, sigmoid
 from api.predictor import Columns
+
+__all__ = ["UnsupportedPipeline", "compile_predictor", "compile_spec"]
 
 # Up to this many rows, walking the trees with numpy beats the booster's fixed per-call cost.
 FEW_ROWS = 8
 
 
-class UnsupportedPipeline(Exception):
-    """The pipeline's shape is not one the fast path can replay exactly."""
+class _Spec:
+    """Typed reads of an untrusted spec: a missing or mistyped field is an UnsupportedPipeline that names
+    it, never a KeyError or TypeError from deep inside."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise UnsupportedPipeline(f"{where}: expected an object, found {type(data).__name__}")
+        self.data, self.where = data, where
+
+    def get(self, key: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
+        value = self.data.get(key)
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            value = object()  # a boolean is an int to Python, never a number here
+        if not isinstance(value, kind):
+            raise UnsupportedPipeline(f"{self.where}.{key}: {value!r} is not {kind}")
+        return value
+
+    def number(self, key: str, optional: bool = False) -> float:
+        value = self.get(key, (int, float), optional)
+        return math.nan if value is None else float(value)
+
+    def floats(self, key: str) -> np.ndarray:
+        values = self.get(key, list)
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise UnsupportedPipeline(f"{self.where}.{key}: not a list of numbers")
+        array = np.asarray(values, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise UnsupportedPipeline(f"{self.where}.{key}: holds a non-finite number")
+        return array
+
+    def child(self, key: str, optional: bool = False) -> _Spec | None:
+        value = self.data.get(key)
+        if value is None and optional:
+            return None
+        return _Spec(value, f"{self.where}.{key}")
+
+    def items(self, key: str) -> list[_Spec]:
+        return [_Spec(item, f"{self.where}.{key}[{i}]") for i, item in enumerate(self.get(key, list))]
 
 
-def _steps(transformer: Any) -> list[Any]:
-    from sklearn.pipeline import Pipeline
+def _linear(spec: _Spec, width: int) -> Scorer:
+    weights, intercept = spec.floats("weights"), spec.number("intercept")
+    if weights.shape != (width,) or not math.isfinite(intercept):
+        raise UnsupportedPipeline(f"linear classifier: {weights.size} weights for {width} inputs")
+    if spec.get("margin", bool):
+        return Scorer(
+            "fast-linear",
+            lambda matrix: np.asarray(matrix @ weights + intercept),
+            lambda row: float(row @ weights) + intercept,
+        )
 
-    return [step for _, step in transformer.steps] if isinstance(transformer, Pipeline) else [transformer]
+    def linear(matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(1.0 / (1.0 + np.exp(-(matrix @ weights + intercept))))
 
+    def linear_one(row: np.ndarray) -> float:
+        return sigmoid(float(row @ weights) + intercept)
 
-def _numeric_block(steps: list[Any], names: list[str], offset: int) -> list[NumericColumn]:
-    from sklearn.impute import SimpleImputer
-    from sklearn.preprocessing import StandardScaler
-
-    fill = np.full(len(names), np.nan)
-    mean, scale = np.zeros(len(names)), np.ones(len(names))
-    kinds = [type(step) for step in steps]
-    if kinds not in ([SimpleImputer, StandardScaler], [StandardScaler], [SimpleImputer]):
-        raise UnsupportedPipeline(f"numeric block {[kind.__name__ for kind in kinds]}")
-    for step in steps:
-        if isinstance(step, SimpleImputer):
-            statistics = np.asarray(step.statistics_, dtype=np.float64)
-            if step.add_indicator or not (
-                isinstance(step.missing_values, float) and np.isnan(step.missing_values)
-            ):
-                raise UnsupportedPipeline("numeric imputer with an indicator or a non-NaN missing marker")
-            if statistics.shape != (len(names),) or np.isnan(statistics).any():
-                raise UnsupportedPipeline("numeric imputer dropped an all-missing column")
-            fill = statistics
-        else:
-            if step.mean_ is not None:
-                mean = np.asarray(step.mean_, dtype=np.float64)
-            if step.scale_ is not None:
-                scale = np.asarray(step.scale_, dtype=np.float64)
-    return [
-        NumericColumn(name, offset + i, float(fill[i]), float(mean[i]), float(scale[i]))
-        for i, name in enumerate(names)
-    ]
+    return Scorer("fast-linear", linear, linear_one)
 
 
-def _categorical_block(
-    steps: list[Any], names: list[str], offset: int
-) -> tuple[list[CategoricalColumn], int]:
-    from sklearn.impute import SimpleImputer
-    from sklearn.preprocessing import OneHotEncoder
+def _boosted(spec: _Spec, booster_json: bytes | None, width: int, complete_rows: bool) -> Scorer:
+    from xgboost import Booster
 
-    kinds = [type(step) for step in steps]
-    if kinds not in ([SimpleImputer, OneHotEncoder], [OneHotEncoder]):
-        raise UnsupportedPipeline(f"categorical block {[kind.__name__ for kind in kinds]}")
-    fills: list[Any] = [None] * len(names)
-    imputer, encoder = (steps[0], steps[1]) if len(steps) == 2 else (None, steps[0])
-    if imputer is not None:
-        if imputer.strategy != "constant" or imputer.add_indicator:
-            raise UnsupportedPipeline(f"categorical imputer strategy {imputer.strategy!r}")
-        fills = list(imputer.statistics_)
-    if encoder.handle_unknown != "ignore" or encoder.drop is not None or encoder.sparse_output:
-        raise UnsupportedPipeline("one-hot encoder must ignore unknowns, drop nothing and be dense")
-    if getattr(encoder, "infrequent_categories_", None) is not None and any(
-        item is not None for item in encoder.infrequent_categories_
-    ):
-        raise UnsupportedPipeline("one-hot encoder groups infrequent categories")
-    columns, position = [], offset
-    for name, fill, categories in zip(names, fills, encoder.categories_, strict=True):
-        positions = {category: position + i for i, category in enumerate(categories.tolist())}
-        if any(isinstance(category, float) and math.isnan(category) for category in positions):
-            raise UnsupportedPipeline(f"{name}: NaN is a category")
-        columns.append(CategoricalColumn(name, fill, positions))
-        position += len(categories)
-    return columns, position - offset
-
-
-def _scorer(classifier: Any, width: int, complete_rows: bool, margin: bool = False) -> Scorer:
-    """The classifier as functions of encoded inputs giving P(classes_[1]); with `margin`, a linear model
-    gives its decision function instead (what a calibrator reads from it). `complete_rows`: encoded rows
-    never hold NaN (every numeric column is imputed)."""
-    from sklearn.linear_model import LogisticRegression
-
-    if getattr(classifier, "n_features_in_", width) != width or len(classifier.classes_) != 2:
-        raise UnsupportedPipeline("classifier input width or class count does not match")
-    if type(classifier) is LogisticRegression:
-        weights = np.asarray(classifier.coef_, dtype=np.float64).reshape(-1)
-        intercept = float(np.asarray(classifier.intercept_).reshape(-1)[0])
-        if margin:
-            return Scorer(
-                "fast-linear",
-                lambda matrix: np.asarray(matrix @ weights + intercept),
-                lambda row: float(row @ weights) + intercept,
-            )
-
-        def linear(matrix: np.ndarray) -> np.ndarray:
-            return np.asarray(1.0 / (1.0 + np.exp(-(matrix @ weights + intercept))))
-
-        def linear_one(row: np.ndarray) -> float:
-            return sigmoid(float(row @ weights) + intercept)
-
-        return Scorer("fast-linear", linear, linear_one)
-    from xgboost import XGBClassifier
-
-    if type(classifier) is XGBClassifier:
-        return _boosted_scorer(classifier, complete_rows)
-    raise UnsupportedPipeline(f"classifier {type(classifier).__name__}")
-
-
-def _boosted_scorer(classifier: Any, complete_rows: bool) -> Scorer:
-    if classifier.get_params().get("objective") != "binary:logistic":
-        raise UnsupportedPipeline(f"xgboost objective {classifier.get_params().get('objective')!r}")
-    booster = classifier.get_booster()
-    # A loaded booster forgets n_jobs and would use every core: on a small box that means latency spikes.
-    booster.set_param({"nthread": 1})
+    if booster_json is None:
+        raise UnsupportedPipeline("an xgboost classifier without its booster")
+    iterations = spec.get("iteration_range", list)
+    if len(iterations) != 2 or not all(type(i) is int and i >= 0 for i in iterations):
+        raise UnsupportedPipeline(f"xgboost iteration range {iterations!r}")
     try:
-        iterations = (0, classifier.best_iteration + 1)
-    except AttributeError:  # no early stopping: every tree
-        iterations = (0, 0)
+        learner = json.loads(booster_json)["learner"]
+        objective = learner["objective"]["name"]
+        features = int(learner["learner_model_param"]["num_feature"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise UnsupportedPipeline(f"booster.json is not an XGBoost JSON model: {error!r}") from None
+    if objective != "binary:logistic" or features != width:
+        raise UnsupportedPipeline(f"xgboost objective {objective!r} on {features} features, not {width}")
+    # XGBoost's own JSON format: data, read by XGBoost's own parser (never a pickle).
+    booster = Booster(model_file=bytearray(booster_json))
+    # A loaded booster would use every core: on a small box that means latency spikes.
+    booster.set_param({"nthread": 1})
+    iteration_range = (iterations[0], iterations[1])
 
     def booster_score(matrix: np.ndarray) -> np.ndarray:
         return np.asarray(
             booster.inplace_predict(
-                matrix, iteration_range=iterations, missing=np.nan, validate_features=False
+                matrix, iteration_range=iteration_range, missing=np.nan, validate_features=False
             )
         )
 
@@ -147,7 +123,7 @@ def _boosted_scorer(classifier: Any, complete_rows: bool) -> Scorer:
         return float(booster_score(row[None, :])[0])
 
     try:
-        trees = TreeEnsemble(booster, iterations)
+        trees = TreeEnsemble(booster, iteration_range)
     except UnsupportedBooster:
         return Scorer("fast-xgboost", booster_score, booster_one)
 
@@ -161,14 +137,13 @@ def _boosted_scorer(classifier: Any, complete_rows: bool) -> Scorer:
     return Scorer("fast-xgboost", boosted, one, batch_limits=(FEW_ROWS,))
 
 
-def _calibrated(scorer: Scorer, calibrator: Any) -> Scorer:
-    """The scorer followed by the calibrator CalibratedClassifierCV fitted on its output: sklearn's
-    sigmoid (expit(-(a * s + b))) or its isotonic regression (a clipped piecewise-linear map)."""
-    from sklearn.calibration import _SigmoidCalibration
-    from sklearn.isotonic import IsotonicRegression
-
-    if type(calibrator) is _SigmoidCalibration:
-        a, b = float(calibrator.a_), float(calibrator.b_)
+def _calibrated(scorer: Scorer, spec: _Spec) -> Scorer:
+    """The scorer followed by the calibrator CalibratedClassifierCV fitted on its output."""
+    kind = spec.get("kind", str)
+    matrix: Callable[[np.ndarray], np.ndarray]
+    row: Callable[[np.ndarray], float]
+    if kind == "sigmoid":
+        a, b = spec.number("a"), spec.number("b")
 
         def matrix(encoded: np.ndarray) -> np.ndarray:
             return np.asarray(1.0 / (1.0 + np.exp(a * scorer.matrix(encoded) + b)))
@@ -176,9 +151,10 @@ def _calibrated(scorer: Scorer, calibrator: Any) -> Scorer:
         def row(encoded: np.ndarray) -> float:
             return sigmoid(-(a * scorer.row(encoded) + b))
 
-    elif type(calibrator) is IsotonicRegression and calibrator.out_of_bounds == "clip":
-        xs = np.asarray(calibrator.X_thresholds_, dtype=np.float64)
-        ys = np.asarray(calibrator.y_thresholds_, dtype=np.float64)
+    elif kind == "isotonic":
+        xs, ys = spec.floats("x"), spec.floats("y")
+        if xs.shape != ys.shape or xs.size == 0 or (np.diff(xs) < 0).any():
+            raise UnsupportedPipeline("isotonic calibrator: thresholds unsorted or of unequal lengths")
 
         def matrix(encoded: np.ndarray) -> np.ndarray:
             return np.asarray(np.interp(scorer.matrix(encoded), xs, ys))
@@ -187,62 +163,67 @@ def _calibrated(scorer: Scorer, calibrator: Any) -> Scorer:
             return float(np.interp(scorer.row(encoded), xs, ys))
 
     else:
-        raise UnsupportedPipeline(f"calibrator {type(calibrator).__name__}")
+        raise UnsupportedPipeline(f"calibrator {kind!r}")
     return Scorer(f"{scorer.kind}-calibrated", matrix, row, scorer.batch_limits)
 
 
-def compile_predictor(model: Any, columns: Columns, positive_index: int) -> FastPredictor:
-    """`positive_index`: the column of `predict_proba` that is the positive label's. `model` is the
-    pipeline, or a CalibratedClassifierCV(ensemble=False) around one: one estimator and one calibrator."""
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.compose import ColumnTransformer
-    from sklearn.pipeline import Pipeline
-
-    calibrator = None
-    pipeline = model
-    if isinstance(model, CalibratedClassifierCV):
-        if len(model.calibrated_classifiers_) != 1 or len(model.calibrated_classifiers_[0].calibrators) != 1:
-            raise UnsupportedPipeline("a calibrated ensemble (ensemble=True) or a multiclass calibration")
-        pipeline = model.calibrated_classifiers_[0].estimator
-        calibrator = model.calibrated_classifiers_[0].calibrators[0]
-
-    if not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 2:
-        raise UnsupportedPipeline("expected Pipeline([preprocess, classifier])")
-    preprocess, classifier = pipeline.steps[0][1], pipeline.steps[1][1]
-    if not isinstance(preprocess, ColumnTransformer):
-        raise UnsupportedPipeline(f"preprocess is {type(preprocess).__name__}, not a ColumnTransformer")
-    numeric: list[NumericColumn] = []
-    categorical: list[CategoricalColumn] = []
-    width = 0
-    covered: list[str] = []
-    for _, transformer, selected in preprocess.transformers_:
-        if transformer == "drop" or (isinstance(selected, list | tuple | np.ndarray) and len(selected) == 0):
-            continue
-        if transformer == "passthrough" or not all(isinstance(name, str) for name in selected):
-            raise UnsupportedPipeline("passthrough columns or positional column selection")
-        names = list(selected)
-        steps = _steps(transformer)
-        if set(names) <= set(columns.numeric):
-            numeric_block = _numeric_block(steps, names, width)
-            numeric.extend(numeric_block)
-            width += len(numeric_block)
-        elif set(names) <= set(columns.categorical):
-            categorical_block, block_width = _categorical_block(steps, names, width)
-            categorical.extend(categorical_block)
-            width += block_width
-        else:
-            raise UnsupportedPipeline(f"a block mixes numeric and categorical columns: {names}")
-        covered.extend(names)
-    if sorted(covered) != sorted(columns.order):
-        raise UnsupportedPipeline("the ColumnTransformer does not use every input column exactly once")
+def compile_spec(data: Any, booster_json: bytes | None, columns: Columns) -> FastPredictor:
+    """The FastPredictor a spec describes, for requests with `columns` (the model's signature): the spec
+    must use every one of them exactly once, each as the signature types it, and nothing else."""
+    spec = _Spec(data, "predictor")
+    if spec.get("format", str) != SPEC_FORMAT:
+        raise UnsupportedPipeline(f"predictor format {data.get('format')!r}, expected {SPEC_FORMAT!r}")
+    width = spec.get("width", int)
+    numeric = []
+    for item in spec.items("numeric"):
+        position = item.get("position", int)
+        if not 0 <= position < width:
+            raise UnsupportedPipeline(f"{item.where}: position {position} outside {width} inputs")
+        mean, scale = item.number("mean"), item.number("scale")
+        if not (math.isfinite(mean) and math.isfinite(scale)) or scale == 0:
+            raise UnsupportedPipeline(f"{item.where}: mean {mean} and scale {scale}")
+        numeric.append(NumericColumn(item.get("name", str), position, item.number("fill", True), mean, scale))
+    categorical = []
+    for item in spec.items("categorical"):
+        positions: dict[Any, int] = {}
+        for pair in item.get("positions", list):
+            if not (
+                isinstance(pair, list) and len(pair) == 2 and type(pair[1]) is int and 0 <= pair[1] < width
+            ):
+                raise UnsupportedPipeline(f"{item.where}: {pair!r} is not [category, position]")
+            if not isinstance(pair[0], str | int | float) or pair[0] in positions:
+                raise UnsupportedPipeline(f"{item.where}: category {pair[0]!r} repeated or not a value")
+            positions[pair[0]] = pair[1]
+        fill = item.data.get("fill")
+        if fill is not None and not isinstance(fill, str | int | float):
+            raise UnsupportedPipeline(f"{item.where}: fill {fill!r}")
+        categorical.append(CategoricalColumn(item.get("name", str), fill, positions))
+    names = ([c.name for c in numeric], [c.name for c in categorical])
+    if sorted(names[0]) != sorted(columns.numeric) or sorted(names[1]) != sorted(columns.categorical):
+        raise UnsupportedPipeline(
+            f"the predictor's columns {names} are not the signature's {columns.numeric, columns.categorical}"
+        )
     complete_rows = all(math.isfinite(column.fill) for column in numeric)
-    # A calibrator reads the estimator's decision function when it has one (sklearn's own choice).
-    scorer = _scorer(
-        classifier,
-        width,
-        complete_rows,
-        margin=calibrator is not None and hasattr(classifier, "decision_function"),
-    )
+    classifier = spec.child("classifier")
+    assert classifier is not None
+    kind = classifier.get("kind", str)
+    if kind == "linear":
+        scorer = _linear(classifier, width)
+    elif kind == "xgboost":
+        scorer = _boosted(classifier, booster_json, width, complete_rows)
+    else:
+        raise UnsupportedPipeline(f"classifier {kind!r}")
+    calibrator = spec.child("calibrator", optional=True)
     if calibrator is not None:
         scorer = _calibrated(scorer, calibrator)
+    positive_index = spec.get("positive_index", int)
+    if positive_index not in (0, 1):
+        raise UnsupportedPipeline(f"positive index {positive_index}")
     return FastPredictor(width, numeric, categorical, scorer, positive_index == 0)
+
+
+def compile_predictor(model: Any, columns: Columns, positive_index: int) -> FastPredictor:
+    """The fitted pipeline `model` read into a spec and compiled: what its serving artifact would give."""
+    exported = export_pipeline(model, columns, positive_index)
+    # Through JSON text, as the artifact goes: what is served is what was written.
+    return compile_spec(json.loads(json.dumps(exported.spec)), exported.booster, columns)

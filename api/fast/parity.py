@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from api.fast.compiler import UnsupportedPipeline
-from api.fast.predictor import FastPredictor
+from api.fast.predictor import FastPredictor, UnsupportedPipeline
 from api.predictor import Columns, Row
 
 PROBE_SEED = 20240601

@@ -19,6 +19,10 @@ from api.predictor import BatchPredictor, ColumnBatch, Row, batch_size
 UNKNOWN, NO_COLUMN = -1, -2
 
 
+class UnsupportedPipeline(Exception):
+    """The pipeline's shape, or the spec read from it, is not one the fast path can replay exactly."""
+
+
 @dataclass(frozen=True)
 class Scorer:
     """The classifier as functions of encoded inputs, both giving P(classes_[1])."""

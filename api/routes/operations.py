@@ -56,7 +56,10 @@ async def ready(request: Request) -> Response:
     responses={503: {"model": ErrorResponse, "description": "No model is loaded yet."}},
 )
 async def model_card(request: Request) -> Response:
-    return JSONResponse(describe(service_of(request).require_model()))
+    service = service_of(request)
+    return JSONResponse(
+        {**describe(service.require_model()), "last_reload_failure": service.last_reload_failure}
+    )
 
 
 # Our own route, not a library's: it documents the answer as Prometheus text, not JSON. A plain `def`, so

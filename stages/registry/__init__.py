@@ -3,6 +3,7 @@ promotion and rollback.
 
     python -m stages.registry promote [--first]   # production := staging (--first: only if none yet)
     python -m stages.registry rollback            # production := the version it replaced
+    python -m stages.registry migrate-serving N   # add the serving artifact to an older version
 """
 
 from stages.registry.promotion import promote, rollback

@@ -1,4 +1,4 @@
-"""`python -m stages.registry promote [--first]` and `python -m stages.registry rollback`."""
+"""`python -m stages.registry promote [--first]`, `... rollback` and `... migrate-serving VERSION`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 
 from stages.errors import run
 from stages.registry import open_registry, promote, rollback
+from stages.registry.migration import add_serving_artifact
 from stages.tracking import configure
 
 
@@ -15,11 +16,24 @@ def main(argv: list[str] | None = None) -> None:
     promoting = commands.add_parser("promote", help="move production to the staging version")
     promoting.add_argument("--first", action="store_true", help="only when there is no production yet")
     commands.add_parser("rollback", help="move production back to the version it replaced")
+    migrating = commands.add_parser(
+        "migrate-serving", help="add the serving artifact to a version registered before it existed"
+    )
+    migrating.add_argument("version")
+    migrating.add_argument(
+        "--candidates", action="store_true", help="a version of the candidate model, not the served one"
+    )
     args = parser.parse_args(argv)
 
     configure()
     registry = open_registry()
-    print(rollback(registry) if args.command == "rollback" else promote(registry, only_if_none=args.first))
+    if args.command == "migrate-serving":
+        target = registry.candidates if args.candidates else registry
+        print(add_serving_artifact(target, args.version))
+    elif args.command == "rollback":
+        print(rollback(registry))
+    else:
+        print(promote(registry, only_if_none=args.first))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from mlflow.models import Model
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.artifact import DIGEST_TAG, PREDICTOR_FILE, SERVING_DIR, encode_digests, sha256
 from api.main import create_app
 from api.settings import Settings
 from stages.features import model_inputs
@@ -34,7 +35,7 @@ PARITY_TOLERANCE = 1e-6
 @dataclass(frozen=True)
 class ApiRegistry:
     """A private copy of the pipeline's registry: `production` (the chosen family), `challenger` (the other
-    family, registered from its training run) and `broken` (a version whose pickle is garbage)."""
+    family, registered from its training run) and `broken` (a version whose model files are garbage)."""
 
     tracking_uri: str
     model_name: str
@@ -69,6 +70,15 @@ class ApiRegistry:
         }
         values.update(overrides)
         return Settings(**values)
+
+    def tags(self, version: str) -> dict[str, str]:
+        return dict(self.client().get_model_version(self.model_name, version).tags)
+
+    def add_version(self, source: str, tags: dict[str, str] | None = None) -> str:
+        """A new version of the served model from `source`, with production's tags (its serving digests
+        included) unless others are given; its number."""
+        tags = self.tags(self.production) if tags is None else tags
+        return str(self.client().create_model_version(self.model_name, source=source, tags=tags).version)
 
     def set_alias(self, alias: str, version: str) -> None:
         self.client().set_registered_model_alias(self.model_name, alias, version)
@@ -129,6 +139,10 @@ def json_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+def digests_of(directory: Path) -> dict[str, str]:
+    return {path.name: sha256(path) for path in sorted(directory.iterdir())}
+
+
 def build_registry(trained_pipeline: Any, workdir: Path) -> ApiRegistry:
     workdir.mkdir(parents=True, exist_ok=True)
     source_db = Path(trained_pipeline.tracking_uri.removeprefix("sqlite:///"))
@@ -152,16 +166,27 @@ def build_registry(trained_pipeline: Any, workdir: Path) -> ApiRegistry:
         experiment_ids=[experiment], filter_string=f"source_run_id = '{sibling.info.run_id}'"
     )
     # A registry source given as a file URI: `models:/m-...` would be resolved against the global store.
+    # The sibling's own serving digests: production's would not match its artifact.
     challenger = client.create_model_version(
-        name, source=logged.artifact_location, run_id=sibling.info.run_id, tags=dict(production.tags)
+        name,
+        source=logged.artifact_location,
+        run_id=sibling.info.run_id,
+        tags={**production.tags, DIGEST_TAG: sibling.data.tags[DIGEST_TAG]},
     )
     client.set_registered_model_alias(name, CHALLENGER_ALIAS, challenger.version)
 
     broken_dir = workdir / "broken-model"
     shutil.copytree(download_version(uri, name, str(production.version)), broken_dir)
-    (broken_dir / "model.pkl").write_bytes(b"this is not a pickle")
+    (broken_dir / "model.skops").write_bytes(b"this is not a model")
+    (broken_dir / SERVING_DIR / PREDICTOR_FILE).write_text("this is not a predictor")
+    # Its digests match its files: what breaks is the content, which the load must refuse.
     broken = client.create_model_version(
-        name, source=broken_dir.as_uri(), tags={"status": "broken on purpose"}
+        name,
+        source=broken_dir.as_uri(),
+        tags={
+            "status": "broken on purpose",
+            DIGEST_TAG: encode_digests(digests_of(broken_dir / SERVING_DIR)),
+        },
     )
 
     text = (trained_pipeline.workdir / "params.yaml").read_text()

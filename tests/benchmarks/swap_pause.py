@@ -45,7 +45,7 @@ def private_registry(scratch: Path) -> tuple[str, str, list[str], dict]:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name, alias = settings.registered_model
     first = client.get_model_version_by_alias(name, alias)
-    second = client.create_model_version(name, source=first.source, run_id=first.run_id)
+    second = client.create_model_version(name, source=first.source, run_id=first.run_id, tags=first.tags)
     client.set_registered_model_alias(name, SWAP_ALIAS, first.version)
     served = load_registered(settings, resolve_alias(settings))
     row = next(row for row in benchmark_rows(served, 50) if None not in row.values())
