@@ -92,4 +92,4 @@ def test_the_pipeline_logs_to_a_tracking_server_with_proxied_artifacts(mlflow_tr
     training_run = client.get_run(version.tags["training_run_id"])
     assert training_run.info.artifact_uri.startswith("mlflow-artifacts:")
     stored = {path.name for path in mlflow_tracking_server.artifacts_dir.rglob("*")}
-    assert {"MLmodel", "model.pkl", "roc.png"} <= stored
+    assert {"MLmodel", "model.skops", "predictor.json", "roc.png"} <= stored
