@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
             "features": features_block,
             "validate": {"min_rows": min_rows, "positive_fraction": band},
             "mlflow.model_name": name,
+            # Candidates of different data sets must never share a registered model: each has its own schema.
+            "mlflow.candidate_model_name": f"{name}-candidates",
             "mlflow.experiment": name,
             "evaluate.slices": slices,
             **{f"quality.metrics.{metric}.floor": floor for metric, floor in floors.items()},

@@ -162,6 +162,19 @@ def test_the_other_data_set_s_registry_is_untouched(breast_cancer, german):
     assert registry_state(german.uri, german.name) == before
 
 
+def test_each_data_set_stages_its_candidates_under_its_own_name(breast_cancer, german):
+    repository, _ = breast_cancer
+    names = {data.params.mlflow.candidate_model_name for data in (german, repository)}
+    assert names == {"german-credit-candidates", "breast_cancer-candidates"}
+    client = MlflowClient(tracking_uri=german.uri, registry_uri=german.uri)
+    for data in (german, repository):
+        candidates = client.search_model_versions(f"name = '{data.params.mlflow.candidate_model_name}'")
+        assert candidates, f"{data.name} registered no candidate"
+        promoted = client.get_model_version_by_alias(data.name, "production")
+        assert promoted.tags["candidate_model"] == data.params.mlflow.candidate_model_name
+        assert promoted.tags["candidate_version"] in {str(version.version) for version in candidates}
+
+
 def test_a_model_name_the_registry_lacks_is_named_on_ready(german):
     settings = Settings(mlflow_tracking_uri=german.uri, model_name="loans", model_alias="production",
                         retry_initial_seconds=0.05, retry_max_seconds=0.2)  # fmt: skip
