@@ -8,7 +8,10 @@ are the services' names, as prometheus.yml and Grafana's datasource spell them):
 - prometheus-web.yml, alertmanager-web.yml: `basic_auth_users` with one bcrypt hash each (the form the
   Prometheus exporter-toolkit reads);
 - prometheus.password, alertmanager.password: the plain passwords, for the `password_file` of
-  prometheus.yml's scrape and alerting configs (Prometheus reads a file, never its own config, for them).
+  prometheus.yml's scrape and alerting configs (Prometheus reads a file, never its own config, for them);
+- from METRICS_API_KEY, the api's /metrics key: api-metrics.key, the key itself, for the `credentials_file`
+  of prometheus.yml's api scrape, and metrics-api-keys.txt, its SHA-256, the api's METRICS_API_KEYS_FILE
+  (the form api/access.py reads), so that only Prometheus may read the api's metrics.
 
 Why basic auth at all: Alertmanager answers `Access-Control-Allow-Origin: *`, and a cross-origin POST
 from any web page a user opened created a silence of every alert; Prometheus' API is as open. Behind
@@ -18,6 +21,7 @@ either starts; the native end-to-end test runs it too.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
@@ -31,21 +35,37 @@ import bcrypt
 ROUNDS = 10
 SERVICES = ("prometheus", "alertmanager")
 PASSWORD = re.compile(r"[A-Za-z0-9._~-]{12,}")
+METRICS_KEY_VARIABLE = "METRICS_API_KEY"
 
 
 class WebConfigError(ValueError):
     """A credential is missing or unusable; the message names the variable."""
 
 
-def credentials(env: Mapping[str, str], service: str) -> tuple[str, str]:
-    """(user, password). Only URL-safe characters: the compose healthchecks put the password in a URL."""
-    variable = f"{service.upper()}_PASSWORD"
-    password = env.get(variable, "")
-    if not PASSWORD.fullmatch(password):
+def secret(env: Mapping[str, str], variable: str) -> str:
+    """Only URL-safe characters: the compose healthchecks put the passwords in a URL."""
+    value = env.get(variable, "")
+    if not PASSWORD.fullmatch(value):
         raise WebConfigError(
             f"set {variable} in .env: at least 12 of A-Z a-z 0-9 . _ ~ - (e.g. `openssl rand -hex 24`)"
         )
-    return service, password
+    return value
+
+
+def credentials(env: Mapping[str, str], service: str) -> tuple[str, str]:
+    """(user, password)."""
+    return service, secret(env, f"{service.upper()}_PASSWORD")
+
+
+def metrics_key_files(env: Mapping[str, str]) -> dict[str, str]:
+    """The api's /metrics key for Prometheus, and its hash for the api: one line each."""
+    key = secret(env, METRICS_KEY_VARIABLE)
+    return {
+        "api-metrics.key": key,
+        "metrics-api-keys.txt": "# Written by monitoring/auth/web_config.py at start; do not edit.\n"
+        + hashlib.sha256(key.encode()).hexdigest()
+        + "\n",
+    }
 
 
 def web_config(user: str, password: str, rounds: int = ROUNDS) -> str:
@@ -57,18 +77,19 @@ def web_config(user: str, password: str, rounds: int = ROUNDS) -> str:
 def write(env: Mapping[str, str], output: Path, rounds: int = ROUNDS) -> list[Path]:
     """Every file, readable by the services' own users (they run as other uids), writable by nobody."""
     output.mkdir(parents=True, exist_ok=True)
-    written = []
+    files: dict[str, str] = {}
     for service in SERVICES:
         user, password = credentials(env, service)
-        for name, content in (
-            (f"{service}-web.yml", web_config(user, password, rounds)),
-            (f"{service}.password", password),
-        ):
-            path = output / name
-            path.unlink(missing_ok=True)
-            path.write_text(content)
-            path.chmod(0o444)
-            written.append(path)
+        files[f"{service}-web.yml"] = web_config(user, password, rounds)
+        files[f"{service}.password"] = password
+    files |= metrics_key_files(env)
+    written = []
+    for name, content in files.items():
+        path = output / name
+        path.unlink(missing_ok=True)
+        path.write_text(content)
+        path.chmod(0o444)
+        written.append(path)
     return written
 
 

@@ -5,7 +5,8 @@ MLflow on a fresh PostgreSQL database <- the pipeline on a sample, promoted to p
 which loads it from the registry <- Prometheus with prometheus.yml (only its targets rewritten) and the
 rules (only `for:` shortened) -> Alertmanager with alertmanager.yml through entrypoint.sh -> a webhook
 inside this test. Prometheus and Alertmanager run behind basic auth with the web config files that
-monitoring/auth/web_config.py writes, as in compose. The test checks that a request without credentials
+monitoring/auth/web_config.py writes, as in compose, and the api with API keys on: clients send one, and
+Prometheus scrapes /metrics with the metrics key written beside them. The test checks that a request without credentials
 is refused, drives traffic, evaluates every dashboard query, stops the api, and waits for ApiDown to be
 delivered.
 """
@@ -25,6 +26,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from api.new_key import add_key
 from tests.monitoring.native import (
     PanelQuery,
     loopback_prometheus_config,
@@ -59,9 +61,9 @@ API_SERIES = [
 ]
 
 
-def post(url: str, payload: Any) -> int:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")  # fmt: skip
+def post(url: str, payload: Any, key: str | None) -> int:
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
@@ -90,7 +92,7 @@ def an_unseen_category(workdir: Path) -> tuple[str, str]:
     raise AssertionError("the training sample saw every allowed category; pick another sample size")
 
 
-def drive_traffic(api: str, rows: list[dict[str, Any]], unseen: tuple[str, str]) -> dict[int, int]:
+def drive_traffic(api: str, rows: list[dict[str, Any]], unseen: tuple[str, str], key: str) -> dict[int, int]:
     """One round of everything the Service dashboard shows: single and batch predictions, an unseen
     category, invalid fields. Returns the count per status code."""
     statuses: dict[int, int] = {}
@@ -99,12 +101,12 @@ def drive_traffic(api: str, rows: list[dict[str, Any]], unseen: tuple[str, str])
         statuses[status] = statuses.get(status, 0) + 1
 
     for row in rows:
-        count(post(f"{api}/predict", row))
-    count(post(f"{api}/predict/batch", {"records": rows[:50]}))
+        count(post(f"{api}/predict", row, key))
+    count(post(f"{api}/predict/batch", {"records": rows[:50]}, key))
     feature, category = unseen
-    count(post(f"{api}/predict", {**rows[0], feature: category}))
-    count(post(f"{api}/predict", {**rows[0], "age": -5}))  # out of range: 422 on `age`
-    count(post(f"{api}/predict", {**rows[0], "hours_per_week": "forty"}))  # wrong type: 422
+    count(post(f"{api}/predict", {**rows[0], feature: category}, key))
+    count(post(f"{api}/predict", {**rows[0], "age": -5}, key))  # out of range: 422 on `age`
+    count(post(f"{api}/predict", {**rows[0], "hours_per_week": "forty"}, key))  # wrong type: 422
     return statuses
 
 
@@ -112,16 +114,16 @@ class BackgroundLoad:
     """A steady trickle of valid predictions, so that every 1m rate and quantile has fresh samples while
     the dashboards are evaluated. Bounded in count; stops on request."""
 
-    def __init__(self, api: str, rows: list[dict[str, Any]]):
+    def __init__(self, api: str, rows: list[dict[str, Any]], key: str):
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(api, rows), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(api, rows, key), daemon=True)
 
-    def _run(self, api: str, rows: list[dict[str, Any]]) -> None:
+    def _run(self, api: str, rows: list[dict[str, Any]], key: str) -> None:
         for index in range(TRAFFIC_LIMIT):
             if self._stop.wait(0.05):
                 return
             try:
-                post(f"{api}/predict", rows[index % len(rows)])
+                post(f"{api}/predict", rows[index % len(rows)], key)
             except OSError:
                 return
 
@@ -180,16 +182,21 @@ def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(t
 
         api_port, prometheus_port, cadvisor_port = free_port(), free_port(), free_port()
         api = f"http://127.0.0.1:{api_port}"
+        rules = rules_with_short_for(tmp_path / "rules", SHORT_FOR)
+        auth = web_auth(tmp_path / "auth")
+        as_prometheus = auth.header("prometheus")
+        # API keys on, as a production deployment runs: clients send theirs, Prometheus scrapes /metrics
+        # with the key monitoring-auth wrote (METRICS_API_KEY), whose hash is all the api holds.
+        key = add_key(tmp_path / "api-keys.txt")
         api_env = subprocess_env(
             MLFLOW_TRACKING_URI=mlflow.url,
             MODEL_NAME=pipeline.model_name,
             MODEL_ALIAS=params["mlflow"]["aliases"]["production"],
             RELOAD_INTERVAL_SECONDS="30",
+            API_KEYS_FILE=str(tmp_path / "api-keys.txt"),
+            METRICS_API_KEYS_FILE=str(auth.metrics_api_keys_file),
         )
         api_args = ["python", "-m", "api", "--host", "127.0.0.1", "--port", str(api_port)]
-        rules = rules_with_short_for(tmp_path / "rules", SHORT_FOR)
-        auth = web_auth(tmp_path / "auth")
-        as_prometheus = auth.header("prometheus")
 
         with (
             webhook_receiver() as webhook,
@@ -221,11 +228,16 @@ def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(t
                     == 401
                 )
 
-                statuses = drive_traffic(api, rows, unseen)
+                # The api refuses strangers: no key, no prediction and no metrics.
+                assert post(f"{api}/predict", rows[0], None) == 401
+                assert refused_without_credentials("GET", f"{api}/metrics") == 401
+                assert refused_without_credentials("GET", f"{api}/metrics", None, f"Bearer {key}") == 401
+
+                statuses = drive_traffic(api, rows, unseen, key)
                 assert statuses.get(200) == len(rows) + 2, statuses
                 assert statuses.get(422) == 2, statuses
 
-                with BackgroundLoad(api, rows):
+                with BackgroundLoad(api, rows, key):
                     # 1. Prometheus holds the api's series.
                     for series in API_SERIES:
                         wait_until(lambda s=series: sample_values(query(prometheus, s, as_prometheus)), 60,

@@ -73,6 +73,15 @@ class WebAuth:
     def password_file(self, service: str) -> Path:
         return self.directory / f"{service}.password"
 
+    @property
+    def metrics_api_keys_file(self) -> Path:
+        """The api's METRICS_API_KEYS_FILE: the hash of the key Prometheus scrapes it with."""
+        return self.directory / "metrics-api-keys.txt"
+
+    @property
+    def metrics_key(self) -> str:
+        return (self.directory / "api-metrics.key").read_text()
+
     def header(self, service: str) -> str:
         token = f"{service}:{self.password_file(service).read_text()}".encode()
         return f"Basic {base64.b64encode(token).decode()}"
@@ -81,7 +90,9 @@ class WebAuth:
 def web_auth(directory: Path) -> WebAuth:
     """monitoring/auth/web_config.py, run as compose's monitoring-auth job runs it, with fresh passwords."""
     env = subprocess_env(
-        PROMETHEUS_PASSWORD=secrets.token_hex(16), ALERTMANAGER_PASSWORD=secrets.token_hex(16)
+        PROMETHEUS_PASSWORD=secrets.token_hex(16),
+        ALERTMANAGER_PASSWORD=secrets.token_hex(16),
+        METRICS_API_KEY=secrets.token_hex(16),
     )
     subprocess.run([sys.executable, str(WEB_CONFIG_SCRIPT), str(directory)], env=env, check=True,
                    capture_output=True)  # fmt: skip
@@ -102,7 +113,8 @@ def loopback_prometheus_config(
     """prometheus.yml with only its target addresses replaced (compose name -> loopback address), and its
     rule_files pointed at `rules_dir` (the project's rules, or a copy of them), since the result is
     written elsewhere. An address missing from `targets` raises KeyError: the test must know them all.
-    The basic_auth password files point at `auth`'s, or, without auth, the blocks are dropped."""
+    The basic_auth password files and the api's bearer key file point at `auth`'s, or, without auth, the
+    blocks are dropped."""
     config = load_yaml(PROMETHEUS_CONFIG)
     for section in [*config["scrape_configs"], *config["alerting"]["alertmanagers"]]:
         for static in section["static_configs"]:
@@ -113,6 +125,12 @@ def loopback_prometheus_config(
             else:
                 name = PurePosixPath(section["basic_auth"]["password_file"]).stem
                 section["basic_auth"]["password_file"] = str(auth.password_file(name))
+        if "authorization" in section:
+            if auth is None:
+                del section["authorization"]
+            else:
+                name = PurePosixPath(section["authorization"]["credentials_file"]).name
+                section["authorization"]["credentials_file"] = str(auth.directory / name)
     config["rule_files"] = [
         str(rules_dir / Path(pattern).relative_to("rules")) for pattern in config["rule_files"]
     ]

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from tests.monitoring.native import COMPOSE_FILE, load_yaml
+from tests.monitoring.native import COMPOSE_FILE, PROMETHEUS_CONFIG, load_yaml
 from tests.support.processes import REPO_ROOT, require_tool
 
 COMPOSE = load_yaml(COMPOSE_FILE)
@@ -19,7 +19,7 @@ SERVICES = COMPOSE["services"]
 VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
 SECRETS = {
     "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "ALERTMANAGER_WEBHOOK_URL",
-    "PROMETHEUS_PASSWORD", "ALERTMANAGER_PASSWORD",
+    "PROMETHEUS_PASSWORD", "ALERTMANAGER_PASSWORD", "METRICS_API_KEY",
     "MLFLOW_ADMIN_PASSWORD", "MLFLOW_PIPELINE_PASSWORD", "MLFLOW_DEPLOYER_PASSWORD", "MLFLOW_API_PASSWORD",
     "MLFLOW_FLASK_SERVER_SECRET_KEY",
 }  # fmt: skip
@@ -362,3 +362,18 @@ def test_env_example_lists_exactly_the_variables_compose_reads_with_no_usable_se
 def test_dot_env_is_ignored_by_git():
     result = subprocess.run(["git", "check-ignore", "--quiet", ".env"], cwd=REPO_ROOT)
     assert result.returncode == 0, ".env would be committed"
+
+
+def test_only_prometheus_reads_the_api_metrics_with_the_key_monitoring_auth_writes():
+    api, prometheus = SERVICES["api"], SERVICES["prometheus"]
+    assert "monitoring-auth" in needs("api")
+    (api_mount,) = [target for source, target, mode in volume_mounts(api) if source == "monitoring-auth"]
+    assert ("monitoring-auth", api_mount, "ro") in volume_mounts(api)
+    hashes = PurePosixPath(api["environment"]["METRICS_API_KEYS_FILE"])
+    assert hashes.parent == PurePosixPath(api_mount) and hashes.name == "metrics-api-keys.txt"
+    scrape = {job["job_name"]: job for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}["api"]
+    key_file = PurePosixPath(scrape["authorization"]["credentials_file"])
+    assert scrape["authorization"]["type"] == "Bearer" and key_file.name == "api-metrics.key"
+    (prometheus_mount,) = [t for s, t, _ in volume_mounts(prometheus) if s == "monitoring-auth"]
+    assert key_file.parent == PurePosixPath(prometheus_mount)
+    assert "METRICS_API_KEY" in SERVICES["monitoring-auth"]["environment"]

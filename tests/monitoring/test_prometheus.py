@@ -6,16 +6,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.monitoring.native import (
     COMPOSE_FILE,
     PROMETHEUS_CONFIG,
     RULE_TESTS_DIR,
+    RULES_DIR,
     WebAuth,
     alerting_rules,
     load_yaml,
     loopback_prometheus_config,
     rule_files,
+    web_auth,
 )
 from tests.support.processes import require_tool
 
@@ -26,8 +29,16 @@ def promtool(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([require_tool("promtool"), *args], capture_output=True, text=True, cwd=cwd)
 
 
-def test_promtool_accepts_the_config_and_finds_every_rule_file():
-    result = promtool("check", "config", str(PROMETHEUS_CONFIG))
+def test_promtool_accepts_the_config_and_finds_every_rule_file(tmp_path):
+    # The file as it is, and as compose mounts it: with the credential files it names in place (promtool
+    # checks that the api's bearer key file exists), the rules where prometheus.yml looks for them.
+    result = promtool("check", "config", "--syntax-only", str(PROMETHEUS_CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+    auth = web_auth(tmp_path / "auth")
+    targets = {name: name for name in ("api:8000", "cadvisor:8080", "localhost:9090", "alertmanager:9093")}
+    mounted = tmp_path / "prometheus.yml"
+    mounted.write_text(yaml.safe_dump(loopback_prometheus_config(targets, RULES_DIR, auth), sort_keys=False))
+    result = promtool("check", "config", str(mounted))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(rule_files())} rule files found" in result.stdout + result.stderr
 
@@ -129,6 +140,9 @@ def test_the_loopback_rewrite_changes_only_addresses_rule_paths_and_password_fil
                 static["targets"] = []
             if "basic_auth" in section:
                 section["basic_auth"]["password_file"] = Path(section["basic_auth"]["password_file"]).name
+            if "authorization" in section:
+                key_file = section["authorization"]["credentials_file"]
+                section["authorization"]["credentials_file"] = Path(key_file).name
         config["rule_files"] = []
     assert rewritten == original
 

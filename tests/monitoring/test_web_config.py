@@ -17,6 +17,7 @@ from tests.support.processes import require_tool, subprocess_env
 PASSWORDS = {
     "PROMETHEUS_PASSWORD": "prometheus-secret-123",
     "ALERTMANAGER_PASSWORD": "alertmanager.secret_456",
+    "METRICS_API_KEY": "metrics-key-for-the-scrape",
 }
 
 
@@ -55,6 +56,25 @@ def test_the_files_are_what_promtool_accepts_and_a_second_start_rewrites_them(tm
     "password", ["", "short", "has spaces in it", "with@at-sign-and:colon", 'quote"d-password']
 )
 def test_a_missing_short_or_url_unsafe_password_is_refused_by_name(tmp_path, password):
-    result = write(tmp_path, PROMETHEUS_PASSWORD=password, ALERTMANAGER_PASSWORD="alertmanager-secret")
+    result = write(tmp_path, **(PASSWORDS | {"PROMETHEUS_PASSWORD": password}))
     assert result.returncode == 2
     assert "PROMETHEUS_PASSWORD" in result.stderr and not (tmp_path / "prometheus-web.yml").exists()
+
+
+def test_prometheus_gets_the_api_metrics_key_and_the_api_its_hash(tmp_path):
+    from api.access import KeyFile
+
+    assert write(tmp_path, **PASSWORDS).returncode == 0
+    assert (
+        tmp_path / "api-metrics.key"
+    ).read_text() == "metrics-key-for-the-scrape"  # no newline: a bearer token
+    hashes = KeyFile(tmp_path / "metrics-api-keys.txt")  # read as the api reads METRICS_API_KEYS_FILE
+    assert hashes.admits("metrics-key-for-the-scrape")
+    assert not hashes.admits("prometheus-secret-123")
+    for name in ("api-metrics.key", "metrics-api-keys.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o444, name
+
+
+def test_a_missing_metrics_key_is_refused_by_name(tmp_path):
+    result = write(tmp_path, **(PASSWORDS | {"METRICS_API_KEY": ""}))
+    assert result.returncode == 2 and "METRICS_API_KEY" in result.stderr
