@@ -5,8 +5,8 @@ error or on RSS growth of more than 10% over the warmed-up baseline.
 
 It serves MODEL_NAME@MODEL_ALIAS from MLFLOW_TRACKING_URI (as `make bench` does), finds the peak rate
 with an unpaced wrk run first, then holds about 80% of it: plain wrk holds connections, not a rate, so
-tests/benchmarks/soak.lua pauses each connection between requests (wrk's `delay()` hook) for
-connections / rate seconds. The service's RSS is read from /proc every 10 s after the warm-up. A
+tests/benchmarks/soak.lua gives each wrk thread a schedule of one request every threads / rate seconds,
+kept through wrk's `delay()` hook, whatever the answers' latency. The service's RSS is read from /proc every 10 s after the warm-up. A
 benchmark, not a test: `make test` does not run it.
 """
 
@@ -27,6 +27,7 @@ PACED_SCRIPT = Path(__file__).with_name("soak.lua")
 SHARE_OF_PEAK = 0.8
 MAX_RSS_GROWTH = 0.10
 SAMPLE_SECONDS = 10.0
+WRK_THREADS = 2
 
 
 def rss_bytes(pid: int) -> int:
@@ -36,9 +37,10 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def paced_wrk(url: str, bodies: Path, seconds: float, connections: int, pause_ms: float) -> subprocess.Popen:
-    args = ["wrk", "-t2", f"-c{connections}", f"-d{round(seconds)}s", "--latency", "--timeout", "10s",
-            "-s", str(PACED_SCRIPT), url, "--", str(bodies), f"{pause_ms:.3f}"]  # fmt: skip
+def paced_wrk(url: str, bodies: Path, seconds: float, connections: int, rate: float) -> subprocess.Popen:
+    interval_ms = WRK_THREADS / rate * 1000  # each thread's share of the rate
+    args = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{round(seconds)}s", "--latency", "--timeout",
+            "10s", "-s", str(PACED_SCRIPT), url, "--", str(bodies), f"{interval_ms:.4f}"]  # fmt: skip
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -75,12 +77,11 @@ def main() -> int:
         cwd=REPO_ROOT,
         env=subprocess_env(),
     ) as service:
-        peak = wrk(url, bodies, 10, options.connections, 2)["requests_per_s"]
+        peak = wrk(url, bodies, 10, options.connections, WRK_THREADS)["requests_per_s"]
         target = SHARE_OF_PEAK * peak
-        pause_ms = options.connections / target * 1000
         print(f"soak: peak {peak:,.0f} req/s; holding {target:,.0f} req/s for {options.seconds:g} s "
-              f"({options.connections} connections, {pause_ms:.1f} ms apart)", flush=True)  # fmt: skip
-        load = paced_wrk(url, bodies, options.seconds, options.connections, pause_ms)
+              f"({options.connections} connections)", flush=True)  # fmt: skip
+        load = paced_wrk(url, bodies, options.seconds, options.connections, target)
         began = time.monotonic()
         samples: list[tuple[float, int]] = []
         next_sample = began + options.warmup
@@ -103,7 +104,7 @@ def main() -> int:
     rate = result["requests"] / (result["duration_us"] / 1e6)
     baseline = samples[0][1] if samples else 0
     growth = max(rss for _, rss in samples) / baseline - 1 if baseline else float("nan")
-    print(f"soak: {result['requests']:,} requests, {rate:,.0f} req/s held (p50 {result['p50_us'] / 1000:.2f} ms, "
+    print(f"soak: {result['requests']:,} requests, {rate:,.0f} req/s held, {rate / peak:.0%} of the peak (p50 {result['p50_us'] / 1000:.2f} ms, "
           f"p99 {result['p99_us'] / 1000:.2f} ms); errors {errors}")  # fmt: skip
     print(f"soak: RSS {baseline / 2**20:.1f} MiB after the warm-up, at most {growth:+.1%} over "
           f"{len(samples)} samples (limit +{MAX_RSS_GROWTH:.0%})")  # fmt: skip
