@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api import request_ids
 from api.bodies import BodyDeadlines
 from api.fast import DirectRoute
 from api.responses import (
@@ -44,7 +45,9 @@ async def predict(request: Request) -> Response:
     row = model.requests.parse_record(body, service.telemetry)
     label, probability = service.score_one(model, row)
     registry = model.registry
-    return Response(prediction_body(label, probability, registry.name, registry.version), media_type=JSON)
+    request_id = request_ids.of(request.scope)
+    answer = prediction_body(request_id, label, probability, registry.name, registry.version)
+    return Response(answer, media_type=JSON)
 
 
 @router.post(
@@ -59,7 +62,8 @@ async def predict_batch(request: Request) -> Response:
     columns = model.requests.parse_batch(body, service.telemetry)
     probabilities, positive = await service.score_batch(model, columns)
     registry = model.registry
-    answer = batch_body(registry.name, registry.version, model.labels, probabilities, positive)
+    request_id = request_ids.of(request.scope)
+    answer = batch_body(request_id, registry.name, registry.version, model.labels, probabilities, positive)
     return Response(answer, media_type=JSON)
 
 
