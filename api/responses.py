@@ -114,6 +114,13 @@ class ModelResponse(BaseModel):
     )
 
 
+class FeedbackResponse(BaseModel):
+    matched: int = Field(ge=0, description="Items joined to a prediction still in the index.")
+    unknown: int = Field(ge=0, description="Items whose request id is not (or no longer) in the index.")
+    duplicate: int = Field(ge=0, description="Items for a prediction that already has its label (kept).")
+    request_id: str = Field(description=REQUEST_ID_DESCRIPTION)
+
+
 def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
         to_json(payload, inf_nan_mode="strings"), status_code=status_code, headers=headers, media_type=JSON

@@ -1,5 +1,6 @@
 """POST /predict and /predict/batch: the body read within its limit, validated against the request models
-of the model that serves right now, scored, and written back without FastAPI's serialisation."""
+of the model that serves right now, scored, recorded (the feedback index, the inference log: both only
+take a reference), and written back without FastAPI's serialisation."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from starlette.responses import Response
 from api import request_ids
 from api.bodies import BodyDeadlines
 from api.fast import DirectRoute
+from api.feedback import PredictionRecorder
 from api.responses import (
     JSON,
     BatchPredictionResponse,
@@ -46,6 +48,7 @@ async def predict(request: Request) -> Response:
     label, probability = service.score_one(model, row)
     registry = model.registry
     request_id = request_ids.of(request.scope)
+    recorder_of(request).record(model, request_id, row, label, probability)
     answer = prediction_body(request_id, label, probability, registry.name, registry.version)
     return Response(answer, media_type=JSON)
 
@@ -63,9 +66,14 @@ async def predict_batch(request: Request) -> Response:
     probabilities, positive = await service.score_batch(model, columns)
     registry = model.registry
     request_id = request_ids.of(request.scope)
+    recorder_of(request).batch(model, request_id, columns, probabilities, positive)
     answer = batch_body(request_id, registry.name, registry.version, model.labels, probabilities, positive)
     return Response(answer, media_type=JSON)
 
 
 def body_deadlines_of(request: Request) -> BodyDeadlines:
     return cast(BodyDeadlines, request.app.state.body_deadlines)
+
+
+def recorder_of(request: Request) -> PredictionRecorder:
+    return cast(PredictionRecorder, request.app.state.recorder)
