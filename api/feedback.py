@@ -138,6 +138,7 @@ class FeedbackModels:
 
     item: type[BaseModel]
     items: TypeAdapter[Any]
+    max_items: int
     max_errors: int
 
     @classmethod
@@ -150,7 +151,7 @@ class FeedbackModels:
         )
         many: Any = Annotated[list[item], Field(min_length=1, max_length=max_batch_size)]  # type: ignore[valid-type]
         items = TypeAdapter(many)
-        return cls(item, items, max_errors)
+        return cls(item, items, max_batch_size, max_errors)
 
     def parse(self, body: bytes) -> list[tuple[str, Label]]:
         """(request id, label) per item. Raises RequestInvalid with the bounded 422 details."""
