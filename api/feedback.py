@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -31,7 +30,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from api.inference_log import InferenceLog, LogWriter, Stream, arrow_type
+from api.inference_log import Entries, InferenceLog, LogWriter, Stream, arrow_type, timestamps
 from api.loading import ServedModel
 from api.online_metrics import OnlineMetrics
 from api.predictor import ColumnBatch, Label, Row
@@ -235,13 +234,7 @@ class FeedbackDesk:
 
     def models_of(self, model: ServedModel) -> tuple[FeedbackModels, Stream]:
         if self._models is None or self._models[0] is not model:
-            columns = [
-                ("request_id", pa.string()),
-                ("time", pa.timestamp("us", tz="UTC")),
-                ("label", arrow_type(model.labels[0])),
-                ("result", pa.string()),
-            ]
-            self._models = (model, FeedbackModels.of(model.labels, *self._limits), Stream.of(model, columns))
+            self._models = (model, FeedbackModels.of(model.labels, *self._limits), _feedback_stream(model))
         return self._models[1], self._models[2]
 
     def take(self, model: ServedModel, items: Sequence[tuple[str, Label]]) -> FeedbackCounts:
@@ -265,15 +258,35 @@ class FeedbackDesk:
                 self._counters[result].inc(count)
         if self.log is not None:
             _, stream = self.models_of(model)
-            self.log.submit(stream, len(items), _appender(list(items), results))
+            self.log.submit(stream, len(items), (list(items), results))
         return FeedbackCounts(tally[MATCHED], tally[UNKNOWN], tally[DUPLICATE])
 
 
-def _appender(items: list[tuple[str, Label]], results: list[str]) -> Any:
-    def append(columns: dict[str, list[Any]], at: datetime) -> None:
-        columns["request_id"].extend(request_id for request_id, _ in items)
-        columns["time"].extend([at] * len(items))
-        columns["label"].extend(label for _, label in items)
-        columns["result"].extend(results)
+def _feedback_stream(model: ServedModel) -> Stream:
+    label_type = arrow_type(model.labels[0])
+    schema = pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("time", pa.timestamp("us", tz="UTC")),
+            ("label", label_type),
+            ("result", pa.string()),
+        ]
+    )
 
-    return append
+    def build(entries: Entries) -> pa.Table:
+        """Each entry holds one request's (request id, label) items and their results."""
+        ids, times, labels, results = [], [], [], []
+        for at, (items, outcomes) in entries:
+            ids.extend(request_id for request_id, _ in items)
+            labels.extend(label for _, label in items)
+            times.extend([at] * len(items))
+            results.extend(outcomes)
+        arrays = [
+            pa.array(ids, pa.string()),
+            timestamps(times),
+            pa.array(labels, label_type),
+            pa.array(results),
+        ]
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    return Stream(Stream.partition_of(model), schema, build)

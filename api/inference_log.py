@@ -6,10 +6,12 @@ Layout, Hive-style, under the log's directory:
 and the date are partition columns: readers get them from the path (`pd.read_parquet(directory)`), so
 the files do not repeat them.
 
-The request path never waits: it appends one item to a bounded queue (a batch is one item that holds its
-columns as they are) and returns. A writer thread turns items into columns, and writes a partition's
-rows as one file once it holds INFERENCE_LOG_FLUSH_ROWS records or its first record is
-INFERENCE_LOG_FLUSH_SECONDS old. A file is written under a `.`-prefixed name and renamed, and readers
+The request path never waits: it appends one tuple to a bounded queue (a batch is one item that holds its
+columns and probabilities as they are) and returns. A writer thread sorts items into files to be, and
+writes one once it holds INFERENCE_LOG_FLUSH_ROWS records or its first record is
+INFERENCE_LOG_FLUSH_SECONDS old. What each pass over the queue took is turned into Arrow columns at once,
+in bulk (`from_pylist`, numpy arrays): per-row Python in the writer thread holds the GIL against the
+event loop, and a minute of rows kept as Python objects would weigh on every garbage collection. A file is written under a `.`-prefixed name and renamed, and readers
 skip `.` files: they only ever see complete ones. Past INFERENCE_LOG_QUEUE_ROWS waiting records, new
 ones are dropped and counted (`inference_log_dropped_total`); a failed write is logged and counted
 (`inference_log_write_errors_total`), and never reaches a request. Date partitions older than
@@ -25,7 +27,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.1  # how often the writer looks at the queue: the request path only appends
 RETENTION_CHECK_SECONDS = 3600.0
 DATE_PREFIX = "date="
+RECORD, BATCH = "record", "batch"  # what an inference log item holds
 
 
 def arrow_type(label: Label) -> pa.DataType:
@@ -52,37 +55,44 @@ def arrow_type(label: Label) -> pa.DataType:
     return pa.int64() if isinstance(label, int) else pa.string()
 
 
+# A file's items: (unix time, payload) each, in arrival order; a stream's `build` makes them a table.
+Entries = list[tuple[float, Any]]
+
+
 @dataclass(frozen=True, eq=False)  # hashed by identity: one per model and log
 class Stream:
-    """Where one model's records go and what a file of them holds."""
+    """Where one model's records go, what a file of them holds, and how its items become a table."""
 
     partition: Path  # model_name=<n>/model_version=<v>, relative to the log's directory
     schema: pa.Schema
+    build: Callable[[Entries], pa.Table]
 
-    @classmethod
-    def of(cls, model: ServedModel, columns: Iterable[tuple[str, pa.DataType]]) -> Stream:
+    @staticmethod
+    def partition_of(model: ServedModel) -> Path:
         registry = model.registry
-        partition = Path(f"model_name={registry.name}") / f"model_version={registry.version or 'none'}"
-        return cls(partition, pa.schema(list(columns)))
+        return Path(f"model_name={registry.name}") / f"model_version={registry.version or 'none'}"
+
+
+def timestamps(times: Sequence[float]) -> pa.Array:
+    """Unix times as UTC microsecond timestamps, in one numpy step."""
+    micros = (np.asarray(times, dtype=np.float64) * 1e6).astype(np.int64)
+    return pa.array(micros, type=pa.timestamp("us", tz="UTC"))
 
 
 @dataclass
 class _Buffer:
-    """The rows of one file to be: one list per column, and when its first row arrived."""
+    """One file to be: its rows as Arrow tables, one per pass over the queue, and when it was opened."""
 
     stream: Stream
     directory: Path
     hour: int
     opened: float
-    columns: dict[str, list[Any]] = field(default_factory=dict)
+    tables: list[pa.Table] = field(default_factory=list)
     rows: int = 0
 
 
-# Appends an item's rows to a buffer's columns, given the item's time: it runs on the writer thread, so
-# the request path builds nothing per row.
-Append = Callable[[dict[str, list[Any]], datetime], None]
-# An item on the queue: (stream, unix time, how many rows, its Append).
-Item = tuple[Stream, float, int, Append]
+# An item on the queue: (stream, unix time, how many rows, its payload, which the stream's build reads).
+Item = tuple[Stream, float, int, Any]
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
@@ -122,15 +132,15 @@ class LogWriter:
         self._next_retention = 0.0
 
     # ------------------------------------------------------------------ the request path
-    def submit(self, stream: Stream, rows: int, append: Append) -> bool:
-        """Queue `rows` records (appended to columns by `append`, later); False when dropped."""
+    def submit(self, stream: Stream, rows: int, payload: Any) -> bool:
+        """Queue `rows` records (the stream's build reads `payload`, later); False when dropped."""
         with self._lock:
             if self._queued_rows + rows > self.max_queued_rows:
                 full = True
             else:
                 full = False
                 self._queued_rows += rows
-                self._queue.append((stream, time.time(), rows, append))
+                self._queue.append((stream, time.time(), rows, payload))
         if full:
             self._dropped.inc(rows)
         return not full
@@ -162,31 +172,40 @@ class LogWriter:
                 return
 
     def _drain(self) -> None:
-        while True:
-            with self._lock:
-                if not self._queue:
-                    return
-                stream, at, rows, append = self._queue.popleft()
-                self._queued_rows -= rows
-            moment = datetime.fromtimestamp(at, UTC)
-            day = moment.date().isoformat()
-            key = (stream, day, moment.hour)
-            buffer = self._buffers.get(key)
-            if buffer is None:
-                directory = self.root / stream.partition / f"{DATE_PREFIX}{day}"
-                buffer = _Buffer(stream, directory, moment.hour, time.monotonic())
-                buffer.columns = {name: [] for name in stream.schema.names}
-                self._buffers[key] = buffer
-            try:
-                append(buffer.columns, moment)
-            except Exception:  # a record that cannot be turned into columns must not stop the writer
-                log.exception("the %s log could not take %d records", self.name, rows)
-                self._errors.inc(rows)
-                self._buffers.pop(key)
-                continue
-            buffer.rows += rows
-            if buffer.rows >= self.flush_rows:
-                self._write(key)
+        """Take what the queue holds (new items wait for the next pass) into the buffers, as tables."""
+        taken: dict[tuple[Stream, str, int], tuple[Entries, list[int]]] = {}
+        hour_start, day, hour = -1.0, "", 0
+        with self._lock:
+            items = list(self._queue)
+            self._queue.clear()
+            self._queued_rows = 0
+        for stream, at, rows, payload in items:
+            if not hour_start <= at < hour_start + 3600:  # the date and hour change rarely
+                moment = datetime.fromtimestamp(at, UTC)
+                day, hour = moment.date().isoformat(), moment.hour
+                hour_start = at - (moment.minute * 60 + moment.second + moment.microsecond / 1e6)
+            entries, counts = taken.setdefault((stream, day, hour), ([], []))
+            entries.append((at, payload))
+            counts.append(rows)
+        for key, (entries, counts) in taken.items():
+            self._take(key, entries, sum(counts))
+
+    def _take(self, key: tuple[Stream, str, int], entries: Entries, rows: int) -> None:
+        stream, day, hour = key
+        try:
+            table = stream.build(entries)
+        except Exception:  # records that cannot become columns are lost, never the writer or a request
+            log.exception("the %s log could not take %d records", self.name, rows)
+            self._errors.inc(rows)
+            return
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            directory = self.root / stream.partition / f"{DATE_PREFIX}{day}"
+            buffer = self._buffers[key] = _Buffer(stream, directory, hour, time.monotonic())
+        buffer.tables.append(table)
+        buffer.rows += rows
+        if buffer.rows >= self.flush_rows:
+            self._write(key)
 
     def _flush(self, everything: bool) -> None:
         now = time.monotonic()
@@ -200,7 +219,7 @@ class LogWriter:
             return
         path = buffer.directory / f"{buffer.hour:02d}-{uuid.uuid4()}.parquet"
         try:
-            write_parquet(pa.table(buffer.columns, schema=buffer.stream.schema), path)
+            write_parquet(pa.concat_tables(buffer.tables), path)
         except Exception:  # a full disk or a bad value loses these rows, never the writer or a request
             log.exception("the %s log could not write %d records to %s", self.name, buffer.rows, path)
             self._errors.inc(buffer.rows)
@@ -225,41 +244,27 @@ class LogWriter:
 
 
 class InferenceLog:
-    """What the prediction routes hand over: each scored record, by the model that scored it."""
+    """What the prediction routes hand over: each scored record, by the model that scored it. A record is
+    queued as (RECORD, request id, row, label, probability), a batch as (BATCH, request id, its columns,
+    probabilities, which are positive): references only."""
 
     def __init__(self, writer: LogWriter) -> None:
         self.writer = writer
         self._model: ServedModel | None = None
         self._stream: Stream | None = None
-        self._features: tuple[str, ...] = ()
 
     def _stream_of(self, model: ServedModel) -> Stream:
         if model is not self._model:  # a new model: its features and label type
-            columns = model.requests.columns
-            types = [(name, pa.float64()) for name in columns.numeric]
-            types += [(name, pa.string()) for name in columns.categorical]
-            fixed = [("request_id", pa.string()), ("time", pa.timestamp("us", tz="UTC"))]
-            scored = [("probability", pa.float64()), ("label", arrow_type(model.labels[0]))]
-            self._stream = Stream.of(model, [*fixed, *types, *scored])
-            self._features, self._model = columns.order, model
+            self._stream, self._model = _inference_stream(model), model
         assert self._stream is not None
         return self._stream
 
     def record(
         self, model: ServedModel, request_id: str, row: Mapping[str, Any], label: Label, probability: float
     ) -> None:
-        stream = self._stream_of(model)
-        features = self._features
-
-        def append(columns: dict[str, list[Any]], at: datetime) -> None:
-            columns["request_id"].append(request_id)
-            columns["time"].append(at)
-            for name in features:
-                columns[name].append(row.get(name))
-            columns["probability"].append(probability)
-            columns["label"].append(label)
-
-        self.writer.submit(stream, 1, append)
+        stream = self._stream if model is self._model else self._stream_of(model)
+        assert stream is not None
+        self.writer.submit(stream, 1, (RECORD, request_id, row, label, probability))
 
     def batch(
         self,
@@ -269,15 +274,68 @@ class InferenceLog:
         probabilities: np.ndarray,
         positive: np.ndarray,
     ) -> None:
-        stream = self._stream_of(model)
-        names, labels, rows = self._features, model.labels, len(probabilities)
+        payload = (BATCH, request_id, features, probabilities, positive)
+        self.writer.submit(self._stream_of(model), len(probabilities), payload)
 
-        def append(columns: dict[str, list[Any]], at: datetime) -> None:
-            columns["request_id"].extend(f"{request_id}-{index}" for index in range(rows))
-            columns["time"].extend([at] * rows)
-            for name in names:
-                columns[name].extend(features[name])
-            columns["probability"].extend(probabilities.tolist())
-            columns["label"].extend(np.array(labels, dtype=object)[positive.astype(np.intp)].tolist())
 
-        self.writer.submit(stream, rows, append)
+def _inference_stream(model: ServedModel) -> Stream:
+    columns = model.requests.columns
+    features = pa.schema(
+        [(name, pa.float64()) for name in columns.numeric]
+        + [(name, pa.string()) for name in columns.categorical]
+    )
+    label_type = arrow_type(model.labels[0])
+    labels = np.array(model.labels, dtype=object)
+    schema = pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("time", pa.timestamp("us", tz="UTC")),
+            *features,
+            ("probability", pa.float64()),
+            ("label", label_type),
+        ]
+    )
+
+    def build(entries: Entries) -> pa.Table:
+        # Records sent one by one arrive as runs between batches: each run is one from_pylist.
+        tables, run = [], []
+        for at, payload in entries:
+            if payload[0] is RECORD:
+                run.append((at, payload))
+                continue
+            if run:
+                tables.append(_records(run))
+                run = []
+            tables.append(_batch(at, payload))
+        if run:
+            tables.append(_records(run))
+        return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+
+    def _records(run: list[tuple[float, Any]]) -> pa.Table:
+        table = pa.Table.from_pylist([payload[2] for _, payload in run], schema=features)
+        return pa.Table.from_arrays(
+            [
+                pa.array([payload[1] for _, payload in run], type=pa.string()),
+                timestamps([at for at, _ in run]),
+                *table.columns,
+                pa.array([payload[4] for _, payload in run], type=pa.float64()),
+                pa.array([payload[3] for _, payload in run], type=label_type),
+            ],
+            schema=schema,
+        )
+
+    def _batch(at: float, payload: Any) -> pa.Table:
+        _, request_id, values, probabilities, positive = payload
+        rows = len(probabilities)
+        return pa.Table.from_arrays(
+            [
+                pa.array([f"{request_id}-{index}" for index in range(rows)], type=pa.string()),
+                timestamps([at] * rows),
+                *(pa.array(values[column.name], type=column.type) for column in features),
+                pa.array(np.asarray(probabilities, dtype=np.float64)),
+                pa.array(labels[positive.astype(np.intp)].tolist(), type=label_type),
+            ],
+            schema=schema,
+        )
+
+    return Stream(Stream.partition_of(model), schema, build)
