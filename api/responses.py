@@ -147,19 +147,29 @@ def prediction_body(
     )
 
 
-class _RowIndexes:
-    """b"0", b"1", ...: each record's index as JSON digits, made once for the largest batch seen."""
+class _ItemHeads:
+    """For each label pair, `<i>","label":<label>,"probability":` for every record index i and both labels:
+    what each batch item holds between its request id and its number, made once up to the largest batch
+    seen (a few label pairs, one per model served)."""
 
     def __init__(self) -> None:
-        self._digits: list[bytes] = []
+        self._heads: dict[tuple[Label, Label], np.ndarray] = {}  # shape (2, rows), bytes objects
 
-    def first(self, count: int) -> list[bytes]:
-        if count > len(self._digits):
-            self._digits.extend(b"%d" % index for index in range(len(self._digits), count))
-        return self._digits[:count]
+    def first(self, labels: tuple[Label, Label], count: int) -> np.ndarray:
+        heads = self._heads.get(labels)
+        if heads is None or heads.shape[1] < count:
+            if len(self._heads) > 8:
+                self._heads.clear()
+            size = max(count, 0 if heads is None else heads.shape[1])
+            parts = [b'","label":' + to_json(label) + b',"probability":' for label in labels]
+            heads = np.array(
+                [[b"%d" % index + part for index in range(size)] for part in parts], dtype=object
+            )
+            self._heads[labels] = heads
+        return heads[:, :count]
 
 
-_ROW_INDEXES = _RowIndexes()
+_ITEM_HEADS = _ItemHeads()
 
 
 def batch_body(
@@ -172,13 +182,12 @@ def batch_body(
 ) -> bytes:
     """The JSON of a BatchPredictionResponse, byte for byte what `to_json` writes for it, in a third of the
     time for 1,000 rows: the probabilities go through `to_json` in one call, as a list, and each item is
-    its index, one of two prebuilt label parts and that number (no dict per row). The items are joined by
+    a prebuilt head (its index and label) and that number (no dict per row). The items are joined by
     what every item but the first starts with, `},{"request_id":"<request id>-`: a request id needs no
     escaping (api/request_ids.py), so it is written as is."""
-    heads = [b'","label":' + to_json(label) + b',"probability":' for label in labels]
     numbers = to_json(probabilities.tolist())[1:-1].split(b",") if probabilities.size else []
-    labelled = map(add, np.array(heads, dtype=object)[positive.astype(np.intp)].tolist(), numbers)
-    items = list(map(add, _ROW_INDEXES.first(len(numbers)), labelled))
+    heads = _ITEM_HEADS.first(labels, len(numbers))
+    items = list(map(add, heads[positive.astype(np.intp), np.arange(len(numbers))].tolist(), numbers))
     header = to_json({"request_id": request_id, "model_name": name, "model_version": version})[:-1]
     if not items:
         return header + b',"predictions":[]}'
