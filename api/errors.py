@@ -90,7 +90,7 @@ async def handle_http(request: Request, error: Exception) -> Response:
     if error.status_code in {204, 304}:  # no body allowed
         return Response(status_code=error.status_code, headers=error.headers)
     body = {"detail": error.detail, "request_id": request_ids.of(request.scope)}
-    return json_response(body, error.status_code, error.headers)
+    return json_response(body, error.status_code, None if error.headers is None else dict(error.headers))
 
 
 async def handle_unexpected(request: Request, error: Exception) -> Response:

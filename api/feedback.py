@@ -34,7 +34,7 @@ from api.inference_log import Entries, InferenceLog, LogWriter, Stream, arrow_ty
 from api.loading import ServedModel
 from api.online_metrics import OnlineMetrics
 from api.predictor import ColumnBatch, Label, Row
-from api.rejections import issue, key_bound, rejection, unknown_keys
+from api.rejections import Location, issue, key_bound, rejection, unknown_keys
 from api.request_ids import WELL_FORMED
 from api.telemetry import FEEDBACK_RESULTS, Telemetry
 
@@ -160,6 +160,7 @@ class FeedbackModels:
             decoded = None  # pydantic says why, in one error
         many = isinstance(decoded, list)
         bound = key_bound(len(FIELDS), self.max_errors)
+        oversized: list[tuple[Location, dict[str, Any]]]
         if many:
             oversized = [
                 ((i,), item) for i, item in enumerate(decoded) if isinstance(item, dict) and len(item) > bound
@@ -275,7 +276,10 @@ def _feedback_stream(model: ServedModel) -> Stream:
 
     def build(entries: Entries) -> pa.Table:
         """Each entry holds one request's (request id, label) items and their results."""
-        ids, times, labels, results = [], [], [], []
+        ids: list[str] = []
+        times: list[float] = []
+        labels: list[Label] = []
+        results: list[str] = []
         for at, (items, outcomes) in entries:
             ids.extend(request_id for request_id, _ in items)
             labels.extend(label for _, label in items)
