@@ -14,6 +14,7 @@ from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 from api.access import key_hash
 from api.feedback import PredictionIndex
 from api.online_metrics import figures
+from api.settings import Settings
 from tests.api.support import metric, metric_samples, negative_and_positive, serving, wait_until
 
 pytestmark = pytest.mark.slow
@@ -231,3 +232,11 @@ def test_online_gauges_and_feedback_counters_start_defined(api_registry):
     for result in ("matched", "unknown", "duplicate"):
         assert ("feedback_total", frozenset({("result", result)})) in samples
     assert samples[("model_online_samples", frozenset())] == 0
+
+
+def test_the_feedback_log_defaults_to_a_directory_of_the_inference_log():
+    assert Settings(model_uri="m", inference_log_dir="/logs").feedback_log == Path("/logs/feedback")
+    assert Settings(model_uri="m", inference_log_dir="/logs", feedback_log_dir="/fb").feedback_log == Path(
+        "/fb"
+    )
+    assert Settings(model_uri="m", inference_log_dir="").feedback_log is None  # `INFERENCE_LOG_DIR=`: off

@@ -95,10 +95,10 @@ def test_a_file_is_only_visible_once_complete(tmp_path, monkeypatch):
 
 @pytest.fixture
 def blocked_writer(monkeypatch):
-    """The writer, stubbed to block forever on its first file (until the test ends)."""
+    """The writer, stubbed to block forever on its first file, until the test sets the event it yields."""
     release = threading.Event()
     monkeypatch.setattr(inference_log, "write_parquet", lambda table, path: release.wait())
-    yield
+    yield release
     release.set()
 
 
@@ -115,6 +115,7 @@ def test_a_full_queue_drops_and_counts_while_requests_complete(api_registry, tmp
         statuses = [client.post("/predict", json=row).status_code for row in rows[1:]]
         batch = client.post("/predict/batch", json={"records": rows[:3]})
         samples = metric_samples(client)
+        blocked_writer.set()  # so that the shutdown's final flush does not wait for it in vain
     assert statuses == [200] * 19 and batch.status_code == 200
     # 5 records wait in the queue; the other 14 and the batch's 3 are dropped.
     assert metric(samples, "inference_log_dropped_total", log="inference") == 14 + 3
