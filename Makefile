@@ -18,7 +18,9 @@ API_PORT ?= 8000
 # this is how they reach it. Recursive (=), so they are read once .venv exists; the environment wins.
 MODEL_NAME ?= $(shell $(VENV)/bin/python -m stages.params mlflow.model_name)
 MODEL_ALIAS ?= $(shell $(VENV)/bin/python -m stages.params mlflow.aliases.production)
-SERVE := MODEL_NAME=$(MODEL_NAME) MODEL_ALIAS=$(MODEL_ALIAS) python -m api --host $(API_HOST) --port $(API_PORT)
+# The inference and feedback logs (Parquet, git-ignored); INFERENCE_LOG_DIR= turns them off.
+INFERENCE_LOG_DIR ?= data/inference
+SERVE := MODEL_NAME=$(MODEL_NAME) MODEL_ALIAS=$(MODEL_ALIAS) INFERENCE_LOG_DIR=$(INFERENCE_LOG_DIR) python -m api --host $(API_HOST) --port $(API_PORT)
 
 .PHONY: help
 help: ## list the targets

@@ -38,6 +38,7 @@ JSON_MEDIA_TYPE = b"application/json"
 # The routes API_KEYS_FILE guards: what predicts, takes feedback, or says which model serves.
 KEYED_ROUTES = ("/predict", "/predict/batch", "/feedback", "/model")
 METRICS_ROUTE = "/metrics"
+FEEDBACK_ROUTE = "/feedback"
 
 
 class InvalidKeyFile(Exception):
@@ -186,4 +187,6 @@ def gate_of(settings: Settings, json_routes: Collection[str]) -> Gate:
         protected.update(dict.fromkeys(KEYED_ROUTES, keys))
     if settings.metrics_api_keys_file is not None:
         protected[METRICS_ROUTE] = KeyFile(settings.metrics_api_keys_file)
+    if settings.feedback_api_keys_file is not None:  # feedback becomes training data: its own keys
+        protected[FEEDBACK_ROUTE] = KeyFile(settings.feedback_api_keys_file)
     return Gate(protected, json_routes)

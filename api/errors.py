@@ -1,8 +1,10 @@
 """The errors the service answers with: one type that carries its HTTP status, mapped to JSON once.
 
 Any layer raises an `ApiError` (the service while no model serves, the body reader over the size limit,
-the request models on a bad body) and `handle` turns it into `{"detail": ...}` with its status. Nothing
-else catches broad exceptions: an unexpected one is a 500 from Starlette, counted as `5xx`.
+the request models on a bad body) and `handle` turns it into `{"detail": ..., "request_id": ...}` with
+its status. Starlette's own 404 and 405 get the same shape. Nothing else catches broad exceptions: an
+unexpected one is still Starlette's 500 (logged, counted as `5xx`), only answered in that shape too, so
+that it names its request (api/request_ids.py).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import logging
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from api.responses import error_response
+from api import request_ids
+from api.responses import error_response, json_response
 
 log = logging.getLogger(__name__)
 # nginx's "client closed request": not a server error, so it is counted in the 4xx class.
@@ -77,9 +81,29 @@ async def handle(request: Request, error: Exception) -> Response:
     assert isinstance(error, ApiError)  # registered for ApiError only
     if isinstance(error, ClientDisconnected):
         log.info("%s %s: the client disconnected mid-body", request.method, request.url.path)
-    return error_response(error)
+    return error_response(error, request_ids.of(request.scope))
+
+
+async def handle_http(request: Request, error: Exception) -> Response:
+    """Starlette's routing errors (404, 405), as its own handler writes them plus the request id."""
+    assert isinstance(error, HTTPException)
+    if error.status_code in {204, 304}:  # no body allowed
+        return Response(status_code=error.status_code, headers=error.headers)
+    body = {"detail": error.detail, "request_id": request_ids.of(request.scope)}
+    return json_response(body, error.status_code, None if error.headers is None else dict(error.headers))
+
+
+async def handle_unexpected(request: Request, error: Exception) -> Response:
+    """Starlette's 500, with a body that names the request. Starlette runs this outside the middleware
+    (which adds the header to every other answer) and re-raises the error afterwards, so it is still
+    logged with its traceback."""
+    request_id = request_ids.of(request.scope)
+    body = {"detail": "Internal Server Error", "request_id": request_id}
+    return json_response(body, 500, {request_ids.HEADER: request_id})
 
 
 def install(app: FastAPI) -> None:
     """Starlette looks exception handlers up along the error's class hierarchy: one entry serves them all."""
     app.add_exception_handler(ApiError, handle)
+    app.add_exception_handler(HTTPException, handle_http)
+    app.add_exception_handler(Exception, handle_unexpected)

@@ -16,7 +16,8 @@ offline assets) by its prefix, so each asset file is not a label of its own.
 The same pass refuses what api/access.py's Gate refuses (a missing key, a body that is not JSON) before
 the app runs, and counts clients that left mid-body (the 499s of api/bodies.py) in
 `http_client_disconnects_total` and bodies past their deadline (408s) in `http_body_timeouts_total`: one middleware, because each layer of ASGI middleware costs a /predict
-measurably.
+measurably. It also picks each request's id (api/request_ids.py), keeps it in the scope for the routes
+and error handlers, and adds it to every answer as the `X-Request-ID` header.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import request_ids
 from api.access import Gate
 from api.errors import CLIENT_DISCONNECTED, REQUEST_TIMEOUT
 from api.responses import error_response
@@ -111,26 +113,30 @@ class RequestMetrics:
             return
         handler = self.handler(scope)
         app = self.app
+        request_id = scope[request_ids.SCOPE_KEY] = request_ids.from_headers(scope["headers"])
+        id_header = (request_ids.HEADER_KEY, request_id.encode("ascii"))
         if handler != UNMATCHED:
             refused = self.gate.refusal(handler, scope["method"], scope["headers"])
             if refused is not None:
-                app = error_response(refused)
-        if handler in self.excluded:
-            await app(scope, receive, send)
+                app = error_response(refused, request_id)
+        excluded = handler in self.excluded
+        status = 500  # what an exception that escapes the app becomes
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        if excluded:
+            await app(scope, receive, send_with_id)
             return
         started = perf_counter()
         series = self._series_for(handler, scope["method"])
         series.in_progress.inc()
-        status = 500  # what an exception that escapes the app becomes
-
-        async def send_and_record_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
         try:
-            await app(scope, receive, send_and_record_status)
+            await app(scope, receive, send_with_id)
         finally:
             duration = perf_counter() - started
             series.in_progress.dec()

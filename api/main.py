@@ -2,14 +2,17 @@
 
 It assembles the pieces and holds no logic of its own: the routers (api/routes/), the error mapping
 (api/errors.py), the request-metrics middleware (api/instrumentation.py), the OpenAPI document that
-follows the model (api/openapi.py), and the lifespan that runs the model loader (api/service.py).
+follows the model (api/openapi.py), and the lifespan that runs the model loader (api/service.py), the
+log writers (api/inference_log.py) and the online metrics (api/online_metrics.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -18,8 +21,11 @@ from starlette.routing import Route
 
 from api import access, errors, openapi, process
 from api.bodies import BodyDeadlines
+from api.feedback import FeedbackDesk, PredictionIndex, PredictionRecorder
+from api.inference_log import InferenceLog, LogWriter
 from api.instrumentation import RequestMetrics
-from api.routes import operations, predictions
+from api.online_metrics import OnlineMetrics
+from api.routes import feedback, operations, predictions
 from api.service import ModelService
 from api.settings import Settings
 from api.telemetry import Telemetry
@@ -31,19 +37,28 @@ log = logging.getLogger(__name__)
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     service: ModelService = app.state.service
     log.info("process defaults: %s", process.describe())
+    writers: list[LogWriter] = app.state.log_writers
+    online: OnlineMetrics = app.state.feedback.online
+    for writer in writers:
+        writer.start()
     await service.start()
+    await online.start()
     try:
         # The lifespan state: uvicorn hands it to the HTTP protocol too, which counts its refusals there.
         yield {"telemetry": service.telemetry}
     finally:
+        await online.stop()
         await service.stop()
         await app.state.body_deadlines.stop()
+        for writer in writers:  # what is queued is written before the process ends
+            await asyncio.to_thread(writer.stop)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     process.silence_access_log()
-    service = ModelService(settings, Telemetry())
+    telemetry = Telemetry()
+    service = ModelService(settings, telemetry)
     # FastAPI's own /docs and /redoc load Swagger UI and ReDoc from a CDN and show a blank page offline:
     # fastapi-offline serves the same pages with the assets its wheel carries (Swagger UI 5, ReDoc 2),
     # FastAPI's "self-hosting JavaScript and CSS for docs" recipe.
@@ -55,7 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = service
     app.state.body_deadlines = BodyDeadlines(settings.request_read_timeout_seconds)
-    _add_routes(app, predictions.router, operations.router)
+    _add_recording(app, settings, service)
+    _add_routes(app, predictions.router, feedback.router, operations.router)
     errors.install(app)
     posted = [
         route.path
@@ -66,6 +82,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics, routes=app.router.routes, telemetry=service.telemetry, gate=gate)
     openapi.install(app, service, protected=gate.protected)
     return app
+
+
+def _log_writer(settings: Settings, root: Path | None, name: str, telemetry: Telemetry) -> LogWriter | None:
+    if root is None:
+        return None
+    return LogWriter(
+        root,
+        name,
+        flush_seconds=settings.inference_log_flush_seconds,
+        flush_rows=settings.inference_log_flush_rows,
+        retention_days=settings.inference_log_retention_days,
+        max_queued_rows=settings.inference_log_queue_rows,
+        written=telemetry.log_rows_written.labels(name),
+        dropped=telemetry.log_dropped.labels(name),
+        errors=telemetry.log_write_errors.labels(name),
+    )
+
+
+def _add_recording(app: FastAPI, settings: Settings, service: ModelService) -> None:
+    """The index of recent predictions, the logs and the online metrics, on app.state."""
+    telemetry = service.telemetry
+    inference = _log_writer(settings, settings.inference_log_dir, "inference", telemetry)
+    feedback_log = _log_writer(settings, settings.feedback_log, "feedback", telemetry)
+    index = PredictionIndex(settings.feedback_index_size)
+
+    def threshold() -> float | None:
+        model = service.model
+        return None if model is None else model.threshold
+
+    online = OnlineMetrics(
+        settings.online_metrics_window, settings.drift_interval_seconds, telemetry, threshold
+    )
+    app.state.log_writers = [writer for writer in (inference, feedback_log) if writer is not None]
+    app.state.recorder = PredictionRecorder(index, None if inference is None else InferenceLog(inference))
+    app.state.feedback = FeedbackDesk(
+        index, online, telemetry, feedback_log, settings.max_batch_size, settings.max_validation_errors
+    )
 
 
 def _add_routes(app: FastAPI, *routers: APIRouter) -> None:

@@ -15,11 +15,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
+from api.feedback import FeedbackModels
 from api.loading import ServedModel
 from api.responses import JSON
 from api.service import ModelService
 
 PREDICTION_PATHS = ("/predict", "/predict/batch")
+FEEDBACK_PATH = "/feedback"
 
 
 def with_request_bodies(document: dict[str, Any], model: ServedModel | None) -> dict[str, Any]:
@@ -27,7 +29,9 @@ def with_request_bodies(document: dict[str, Any], model: ServedModel | None) -> 
     paths = document["paths"]
     if model is None:
         placeholder = {"type": "object", "description": "The schema appears once a model is loaded."}
-        for path in PREDICTION_PATHS:
+        for path in (*PREDICTION_PATHS, FEEDBACK_PATH):
+            if path not in paths:
+                continue
             paths[path]["post"]["requestBody"] = {
                 "required": True,
                 "content": {JSON: {"schema": placeholder}},
@@ -56,6 +60,22 @@ def with_request_bodies(document: dict[str, Any], model: ServedModel | None) -> 
             "description": label.get("description", ""),
             "enum": list(model.labels),
         }
+    return document
+
+
+def with_feedback_body(document: dict[str, Any], feedback: FeedbackModels | None) -> dict[str, Any]:
+    """The /feedback body for the served model's labels: one item, or a list of them."""
+    paths = document["paths"]
+    if feedback is None or FEEDBACK_PATH not in paths:
+        return document
+    _, top = models_json_schema([(feedback.item, "validation")], ref_template="#/components/schemas/{model}")
+    document.setdefault("components", {}).setdefault("schemas", {}).update(top.get("$defs", {}))
+    item = {"$ref": f"#/components/schemas/{feedback.item.__name__}"}
+    many = {"type": "array", "items": item, "minItems": 1, "maxItems": feedback.max_items}
+    paths[FEEDBACK_PATH]["post"]["requestBody"] = {
+        "required": True,
+        "content": {JSON: {"schema": {"anyOf": [item, many]}}},
+    }
     return document
 
 
@@ -93,7 +113,14 @@ def install(app: FastAPI, service: ModelService, protected: Collection[str] = ()
             document = get_openapi(
                 title=app.title, version=app.version, summary=app.summary, routes=app.routes
             )
-            app.openapi_schema = with_bearer_scheme(with_request_bodies(document, model), protected)
+            settings = service.settings
+            feedback = None
+            if model is not None:
+                feedback = FeedbackModels.of(
+                    model.labels, settings.max_batch_size, settings.max_validation_errors
+                )
+            document = with_feedback_body(with_request_bodies(document, model), feedback)
+            app.openapi_schema = with_bearer_scheme(document, protected)
             described = model
         return app.openapi_schema
 

@@ -22,7 +22,14 @@ LABEL_DESCRIPTION = (
 )
 
 
+REQUEST_ID_DESCRIPTION = (
+    "This answer's id: the client's X-Request-ID when well formed (1-128 of [A-Za-z0-9._:-]), else a "
+    "UUID4; also in the X-Request-ID header. /feedback takes it back."
+)
+
+
 class PredictionResponse(BaseModel):
+    request_id: str = Field(description=REQUEST_ID_DESCRIPTION)
     # The served model's two labels replace this schema in /openapi.json (api/openapi.py).
     label: Label = Field(description=LABEL_DESCRIPTION)
     probability: float = Field(ge=0, le=1, description="Probability of the positive label.")
@@ -31,11 +38,13 @@ class PredictionResponse(BaseModel):
 
 
 class BatchItem(BaseModel):
+    request_id: str = Field(description="This record's id: the request's, then `-` and its index from 0.")
     label: Label = Field(description=LABEL_DESCRIPTION)
     probability: float = Field(ge=0, le=1)
 
 
 class BatchPredictionResponse(BaseModel):
+    request_id: str = Field(description=REQUEST_ID_DESCRIPTION)
     model_name: str
     model_version: str | None
     predictions: list[BatchItem] = Field(description="One per record, in the order sent.")
@@ -43,6 +52,7 @@ class BatchPredictionResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str
+    request_id: str = Field(description=REQUEST_ID_DESCRIPTION)
 
 
 class ValidationIssue(BaseModel):
@@ -55,6 +65,7 @@ class ValidationIssue(BaseModel):
 class ValidationErrorResponse(BaseModel):
     detail: list[ValidationIssue] = Field(description="The first MAX_VALIDATION_ERRORS issues.")
     errors_omitted: int = Field(0, ge=0, description="How many more issues the body has.")
+    request_id: str = Field(description=REQUEST_ID_DESCRIPTION)
 
 
 class HealthResponse(BaseModel):
@@ -103,23 +114,66 @@ class ModelResponse(BaseModel):
     )
 
 
+class FeedbackResponse(BaseModel):
+    matched: int = Field(ge=0, description="Items joined to a prediction still in the index.")
+    unknown: int = Field(ge=0, description="Items whose request id is not (or no longer) in the index.")
+    duplicate: int = Field(ge=0, description="Items for a prediction that already has its label (kept).")
+    request_id: str = Field(description=REQUEST_ID_DESCRIPTION)
+
+
 def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
         to_json(payload, inf_nan_mode="strings"), status_code=status_code, headers=headers, media_type=JSON
     )
 
 
-def error_response(error: Any) -> Response:
-    """An api.errors.ApiError as its answer: its body, status and headers."""
-    return json_response(error.body(), error.status_code, error.headers)
+def error_response(error: Any, request_id: str) -> Response:
+    """An api.errors.ApiError as its answer: its body (with the request's id), status and headers."""
+    return json_response({**error.body(), "request_id": request_id}, error.status_code, error.headers)
 
 
-def prediction_body(label: Label, probability: float, name: str, version: str | None) -> bytes:
+def prediction_body(
+    request_id: str, label: Label, probability: float, name: str, version: str | None
+) -> bytes:
     """The JSON of a PredictionResponse."""
-    return to_json({"label": label, "probability": probability, "model_name": name, "model_version": version})
+    return to_json(
+        {
+            "request_id": request_id,
+            "label": label,
+            "probability": probability,
+            "model_name": name,
+            "model_version": version,
+        }
+    )
+
+
+class _ItemHeads:
+    """For each label pair, `<i>","label":<label>,"probability":` for every record index i and both labels:
+    what each batch item holds between its request id and its number, made once up to the largest batch
+    seen (a few label pairs, one per model served)."""
+
+    def __init__(self) -> None:
+        self._heads: dict[tuple[Label, Label], np.ndarray] = {}  # shape (2, rows), bytes objects
+
+    def first(self, labels: tuple[Label, Label], count: int) -> np.ndarray:
+        heads = self._heads.get(labels)
+        if heads is None or heads.shape[1] < count:
+            if len(self._heads) > 8:
+                self._heads.clear()
+            size = max(count, 0 if heads is None else heads.shape[1])
+            parts = [b'","label":' + to_json(label) + b',"probability":' for label in labels]
+            heads = np.array(
+                [[b"%d" % index + part for index in range(size)] for part in parts], dtype=object
+            )
+            self._heads[labels] = heads
+        return heads[:, :count]
+
+
+_ITEM_HEADS = _ItemHeads()
 
 
 def batch_body(
+    request_id: str,
     name: str,
     version: str | None,
     labels: tuple[Label, Label],
@@ -128,9 +182,14 @@ def batch_body(
 ) -> bytes:
     """The JSON of a BatchPredictionResponse, byte for byte what `to_json` writes for it, in a third of the
     time for 1,000 rows: the probabilities go through `to_json` in one call, as a list, and each item is
-    that number behind one of two prebuilt label prefixes (no dict per row)."""
-    heads = [b'{"label":' + to_json(label) + b',"probability":' for label in labels]
+    a prebuilt head (its index and label) and that number (no dict per row). The items are joined by
+    what every item but the first starts with, `},{"request_id":"<request id>-`: a request id needs no
+    escaping (api/request_ids.py), so it is written as is."""
     numbers = to_json(probabilities.tolist())[1:-1].split(b",") if probabilities.size else []
-    items = b"},".join(map(add, np.array(heads, dtype=object)[positive.astype(np.intp)].tolist(), numbers))
-    header = to_json({"model_name": name, "model_version": version})[:-1]
-    return header + b',"predictions":[' + items + (b"}]}" if numbers else b"]}")
+    heads = _ITEM_HEADS.first(labels, len(numbers))
+    items = list(map(add, heads[positive.astype(np.intp), np.arange(len(numbers))].tolist(), numbers))
+    header = to_json({"request_id": request_id, "model_name": name, "model_version": version})[:-1]
+    if not items:
+        return header + b',"predictions":[]}'
+    opening = b'{"request_id":"' + request_id.encode("ascii") + b"-"
+    return header + b',"predictions":[' + opening + (b"}," + opening).join(items) + b"}]}"

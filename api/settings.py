@@ -74,14 +74,64 @@ class Settings(BaseSettings):
     parity_tolerance: float = Field(
         default=1e-6, gt=0, description="Largest allowed |fast - pipeline| probability on those rows."
     )
+    # Inference log and feedback
+    inference_log_dir: Path | None = Field(
+        default=None,
+        description="Where each scored record is appended as Parquet (api/inference_log.py); unset: no log.",
+    )
+    inference_log_flush_seconds: float = Field(
+        default=60.0, gt=0, description="A log file is closed at most this long after its first record."
+    )
+    inference_log_flush_rows: int = Field(
+        default=100_000, ge=1, description="A log file is closed once it holds this many records."
+    )
+    inference_log_retention_days: int = Field(
+        default=30, ge=1, description="Date partitions older than this many days are deleted."
+    )
+    inference_log_queue_rows: int = Field(
+        default=100_000, ge=1, description="Records waiting for the writer at most; beyond, they are dropped."
+    )
+    feedback_log_dir: Path | None = Field(
+        default=None, description="Where /feedback items are appended; default: INFERENCE_LOG_DIR/feedback."
+    )
+    feedback_api_keys_file: Path | None = Field(
+        default=None, description="Key hashes that /feedback requires instead of API_KEYS_FILE's."
+    )
+    feedback_index_size: int = Field(
+        default=100_000, ge=1, description="Recent request ids /feedback can join to their prediction."
+    )
+    online_metrics_window: int = Field(
+        default=1000, ge=1, description="The last matched feedback items the online metrics rest on."
+    )
+    drift_interval_seconds: float = Field(
+        default=30.0, gt=0, description="How often the drift and online metrics are recomputed."
+    )
 
     @field_validator(
-        "model_name", "model_alias", "model_uri", "api_keys_file", "metrics_api_keys_file", mode="before"
+        "model_name",
+        "model_alias",
+        "model_uri",
+        "api_keys_file",
+        "metrics_api_keys_file",
+        "inference_log_dir",
+        "feedback_log_dir",
+        "feedback_api_keys_file",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `MODEL_NAME=` in an env file, or an image built without the argument, names no model either.
         return None if value == "" else value
+
+    @field_validator("inference_log_dir", "feedback_log_dir", mode="before")
+    @classmethod
+    def _a_directory(cls, value: object) -> object:
+        if isinstance(value, str) and "://" in value:
+            raise ValueError(
+                f"{value!r}: the logs are written to a local directory for now (object storage is the "
+                "storage issue's)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _names_the_model(self) -> Settings:
@@ -111,3 +161,10 @@ class Settings(BaseSettings):
             return self.model_uri
         name, alias = self.registered_model
         return f"models:/{name}@{alias}"
+
+    @property
+    def feedback_log(self) -> Path | None:
+        """FEEDBACK_LOG_DIR, else INFERENCE_LOG_DIR/feedback, else None (no feedback log)."""
+        if self.feedback_log_dir is not None:
+            return self.feedback_log_dir
+        return None if self.inference_log_dir is None else self.inference_log_dir / "feedback"

@@ -35,6 +35,8 @@ INFERENCE_SECONDS = "model_inference_seconds"
 # into these two so that a client cannot grow the label set.
 BODY_FIELD = "body"
 UNKNOWN_FIELD = "__extra__"
+LOGS = ("inference", "feedback")
+FEEDBACK_RESULTS = ("matched", "unknown", "duplicate")
 
 
 class BatchHistogram:
@@ -193,3 +195,49 @@ class Telemetry:
         )
         self.model_loaded.set(0)
         self.model_fast_path.set(0)
+        # Inference log and feedback: api/inference_log.py, api/feedback.py.
+        self.log_rows_written = Counter(
+            "inference_log_rows_written_total",
+            "Records written to Parquet, by log (inference, feedback).",
+            ["log"],
+            registry=registry,
+        )
+        self.log_dropped = Counter(
+            "inference_log_dropped_total",
+            "Records dropped because the log writer's queue was full, by log.",
+            ["log"],
+            registry=registry,
+        )
+        self.log_write_errors = Counter(
+            "inference_log_write_errors_total",
+            "Records lost to a failed Parquet write (logged), by log.",
+            ["log"],
+            registry=registry,
+        )
+        for log in LOGS:
+            self.log_rows_written.labels(log)
+            self.log_dropped.labels(log)
+            self.log_write_errors.labels(log)
+        self.feedback = Counter(
+            "feedback", "Feedback items, by how they joined their prediction.", ["result"], registry=registry
+        )
+        for result in FEEDBACK_RESULTS:
+            self.feedback.labels(result)
+        self.online_accuracy = Gauge(
+            "model_online_accuracy",
+            "Accuracy of the predictions in the feedback window, at the model's decision threshold.",
+            registry=registry,
+        )
+        self.online_log_loss = Gauge(
+            "model_online_log_loss", "Log loss of the predictions in the feedback window.", registry=registry
+        )
+        self.online_roc_auc = Gauge(
+            "model_online_roc_auc",
+            "ROC AUC of the predictions in the feedback window (NaN while it holds one class only).",
+            registry=registry,
+        )
+        self.online_samples = Gauge(
+            "model_online_samples", "Matched feedback items the online metrics rest on.", registry=registry
+        )
+        for gauge in (self.online_accuracy, self.online_log_loss, self.online_roc_auc):
+            gauge.set(float("nan"))

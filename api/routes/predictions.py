@@ -1,5 +1,6 @@
 """POST /predict and /predict/batch: the body read within its limit, validated against the request models
-of the model that serves right now, scored, and written back without FastAPI's serialisation."""
+of the model that serves right now, scored, recorded (the feedback index, the inference log: both only
+take a reference), and written back without FastAPI's serialisation."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api import request_ids
 from api.bodies import BodyDeadlines
 from api.fast import DirectRoute
+from api.feedback import PredictionRecorder
 from api.responses import (
     JSON,
     BatchPredictionResponse,
@@ -44,7 +47,10 @@ async def predict(request: Request) -> Response:
     row = model.requests.parse_record(body, service.telemetry)
     label, probability = service.score_one(model, row)
     registry = model.registry
-    return Response(prediction_body(label, probability, registry.name, registry.version), media_type=JSON)
+    request_id = request_ids.of(request.scope)
+    recorder_of(request).record(model, request_id, row, label, probability)
+    answer = prediction_body(request_id, label, probability, registry.name, registry.version)
+    return Response(answer, media_type=JSON)
 
 
 @router.post(
@@ -59,9 +65,15 @@ async def predict_batch(request: Request) -> Response:
     columns = model.requests.parse_batch(body, service.telemetry)
     probabilities, positive = await service.score_batch(model, columns)
     registry = model.registry
-    answer = batch_body(registry.name, registry.version, model.labels, probabilities, positive)
+    request_id = request_ids.of(request.scope)
+    recorder_of(request).batch(model, request_id, columns, probabilities, positive)
+    answer = batch_body(request_id, registry.name, registry.version, model.labels, probabilities, positive)
     return Response(answer, media_type=JSON)
 
 
 def body_deadlines_of(request: Request) -> BodyDeadlines:
     return cast(BodyDeadlines, request.app.state.body_deadlines)
+
+
+def recorder_of(request: Request) -> PredictionRecorder:
+    return cast(PredictionRecorder, request.app.state.recorder)

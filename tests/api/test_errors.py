@@ -1,4 +1,5 @@
-"""Errors are typed and mapped to HTTP once: each ApiError answers its own status with {"detail": ...}."""
+"""Errors are typed and mapped to HTTP once: each ApiError answers its own status with {"detail": ...} and
+the request's id."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def test_each_error_answers_its_status_and_its_detail(client, path):
     response = client.get(path)
     assert response.status_code == status == error.status_code
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == error.body()
+    request_id = response.json()["request_id"]
+    assert response.json() == {**error.body(), "request_id": request_id}
     assert response.json()["detail"] == error.detail
 
 
@@ -57,7 +59,15 @@ def test_a_422_counts_the_issues_it_leaves_out(client):
     assert client.get("/invalid").json()["errors_omitted"] == 0
 
 
-def test_anything_else_is_a_plain_500(client):
-    response = client.get("/bug")
+def test_anything_else_is_a_plain_500_that_names_its_request(client):
+    response = client.get("/bug", headers={"X-Request-ID": "trace-500"})
     assert response.status_code == 500
     assert "boom" not in response.text
+    assert response.json() == {"detail": "Internal Server Error", "request_id": "trace-500"}
+    assert response.headers["X-Request-ID"] == "trace-500"
+
+
+def test_an_unknown_path_is_a_404_that_names_its_request(client):
+    response = client.get("/nowhere", headers={"X-Request-ID": "trace-404"})
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found", "request_id": "trace-404"}

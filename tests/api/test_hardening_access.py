@@ -79,7 +79,10 @@ def test_a_post_that_is_not_json_is_a_415(open_client, row, path, content_type):
     headers = {"Content-Type": content_type} if content_type else {}
     response = open_client.post(path, content=body, headers=headers)
     assert response.status_code == 415, response.text
-    assert set(response.json()) == {"detail"} and "application/json" in response.json()["detail"]
+    assert (
+        set(response.json()) == {"detail", "request_id"} and "application/json" in response.json()["detail"]
+    )
+    assert response.headers["X-Request-ID"] == response.json()["request_id"]
     ok = open_client.post(path, content=body, headers={"Content-Type": "application/json; charset=utf-8"})
     assert ok.status_code == 200
 
@@ -93,7 +96,8 @@ def test_keyed_routes_need_a_key_and_say_so(client, row):
         wrong = client.request(method, path, json=body, headers=bearer("not-a-key"))
         assert wrong.status_code == 401
         assert wrong.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
-        assert set(wrong.json()) == {"detail"}
+        assert set(wrong.json()) == {"detail", "request_id"}
+        assert wrong.headers["X-Request-ID"] == wrong.json()["request_id"]
         assert client.request(method, path, json=body).status_code == 200
 
 

@@ -68,8 +68,24 @@ def test_the_examples_work(api_registry, spec):
             assert client.post(path, json=example).status_code == 200
 
 
+def test_feedback_and_request_ids_are_documented(spec, api_registry):
+    schemas = spec["components"]["schemas"]
+    item = schemas["FeedbackItem"]
+    assert item["properties"]["label"]["enum"] == api_registry.features["labels"] or set(
+        item["properties"]["label"]["enum"]
+    ) == set(api_registry.features["labels"])
+    assert set(item["required"]) == {"request_id", "label"}
+    body = spec["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["anyOf"][1]["maxItems"] == 1000
+    answer = spec["paths"]["/feedback"]["post"]["responses"]["200"]["content"]["application/json"]
+    assert answer["schema"] == {"$ref": "#/components/schemas/FeedbackResponse"}
+    for name in ("PredictionResponse", "BatchPredictionResponse", "BatchItem", "ErrorResponse",
+                 "ValidationErrorResponse", "FeedbackResponse"):  # fmt: skip
+        assert "request_id" in schemas[name]["required"], name
+
+
 def test_error_answers_are_documented(spec):
-    for path in ("/predict", "/predict/batch"):
+    for path in ("/predict", "/predict/batch", "/feedback"):
         assert {"200", "413", "422", "503"} <= set(spec["paths"][path]["post"]["responses"])
     assert "text/plain" in spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
 

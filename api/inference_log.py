@@ -1,0 +1,341 @@
+"""The inference and feedback logs: what the service scored (and the labels sent back), as Parquet files
+that pandas, DuckDB or a retraining stage can read while the service runs.
+
+Layout, Hive-style, under the log's directory:
+`model_name=<n>/model_version=<v>/date=YYYY-MM-DD/<HH>-<uuid>.parquet` (UTC). The model's name, version
+and the date are partition columns: readers get them from the path (`pd.read_parquet(directory)`), so
+the files do not repeat them.
+
+The request path never waits: it appends one tuple to a bounded queue (a batch is one item that holds its
+columns and probabilities as they are) and returns. A writer thread sorts items into files to be, and
+writes one once it holds INFERENCE_LOG_FLUSH_ROWS records or its first record is
+INFERENCE_LOG_FLUSH_SECONDS old. What each pass over the queue took is turned into Arrow columns at once,
+in bulk (`from_pylist`, numpy arrays): per-row Python in the writer thread holds the GIL against the
+event loop, and a minute of rows kept as Python objects would weigh on every garbage collection. A file is written under a `.`-prefixed name and renamed, and readers
+skip `.` files: they only ever see complete ones. Past INFERENCE_LOG_QUEUE_ROWS waiting records, new
+ones are dropped and counted (`inference_log_dropped_total`); a failed write is logged and counted
+(`inference_log_write_errors_total`), and never reaches a request. Date partitions older than
+INFERENCE_LOG_RETENTION_DAYS are deleted (the log holds raw personal attributes), at start and hourly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prometheus_client import Counter
+
+from api.loading import ServedModel
+from api.predictor import Label
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1  # how often the writer looks at the queue: the request path only appends
+RETENTION_CHECK_SECONDS = 3600.0
+DATE_PREFIX = "date="
+RECORD, BATCH = "record", "batch"  # what an inference log item holds
+
+
+def arrow_type(label: Label) -> pa.DataType:
+    if isinstance(label, bool):
+        return pa.bool_()
+    return pa.int64() if isinstance(label, int) else pa.string()
+
+
+# A file's items: (unix time, payload) each, in arrival order; a stream's `build` makes them a table.
+Entries = list[tuple[float, Any]]
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: one per model and log
+class Stream:
+    """Where one model's records go, what a file of them holds, and how its items become a table."""
+
+    partition: Path  # model_name=<n>/model_version=<v>, relative to the log's directory
+    schema: pa.Schema
+    build: Callable[[Entries], pa.Table]
+
+    @staticmethod
+    def partition_of(model: ServedModel) -> Path:
+        registry = model.registry
+        return Path(f"model_name={registry.name}") / f"model_version={registry.version or 'none'}"
+
+
+def timestamps(times: Sequence[float]) -> pa.Array:
+    """Unix times as UTC microsecond timestamps, in one numpy step."""
+    micros = (np.asarray(times, dtype=np.float64) * 1e6).astype(np.int64)
+    return pa.array(micros, type=pa.timestamp("us", tz="UTC"))
+
+
+@dataclass
+class _Buffer:
+    """One file to be: its rows as Arrow tables, one per pass over the queue, and when it was opened."""
+
+    stream: Stream
+    directory: Path
+    hour: int
+    opened: float
+    tables: list[pa.Table] = field(default_factory=list)
+    rows: int = 0
+
+
+# An item on the queue: (stream, unix time, how many rows, its payload, which the stream's build reads).
+Item = tuple[Stream, float, int, Any]
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    """`table` at `path`, visible only once whole: written as `.<name>`, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hidden = path.with_name("." + path.name)
+    pq.write_table(table, hidden)
+    os.replace(hidden, path)
+
+
+class LogWriter:
+    """One log's queue and the thread that writes it."""
+
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        *,
+        flush_seconds: float,
+        flush_rows: int,
+        retention_days: int,
+        max_queued_rows: int,
+        written: Counter,
+        dropped: Counter,
+        errors: Counter,
+    ) -> None:
+        self.root, self.name = root, name
+        self.flush_seconds, self.flush_rows = flush_seconds, flush_rows
+        self.retention_days, self.max_queued_rows = retention_days, max_queued_rows
+        self._written, self._dropped, self._errors = written, dropped, errors
+        self._queue: deque[Item] = deque()
+        self._queued_rows = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._buffers: dict[tuple[Stream, str, int], _Buffer] = {}
+        self._next_retention = 0.0
+
+    # ------------------------------------------------------------------ the request path
+    def submit(self, stream: Stream, rows: int, payload: Any) -> bool:
+        """Queue `rows` records (the stream's build reads `payload`, later); False when dropped."""
+        with self._lock:
+            if self._queued_rows + rows > self.max_queued_rows:
+                full = True
+            else:
+                full = False
+                self._queued_rows += rows
+                self._queue.append((stream, time.time(), rows, payload))
+        if full:
+            self._dropped.inc(rows)
+        return not full
+
+    # ------------------------------------------------------------------ the writer thread
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"{self.name}-log-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued and buffered, then end the thread (given up on after `timeout`)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("the %s log writer did not finish within %g s", self.name, timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            stopping = self._stop.wait(POLL_SECONDS)
+            self._drain()
+            self._flush(everything=stopping)
+            if time.monotonic() >= self._next_retention:
+                self._next_retention = time.monotonic() + RETENTION_CHECK_SECONDS
+                self.enforce_retention()
+            if stopping:
+                return
+
+    def _drain(self) -> None:
+        """Take what the queue holds (new items wait for the next pass) into the buffers, as tables."""
+        taken: dict[tuple[Stream, str, int], tuple[Entries, list[int]]] = {}
+        hour_start, day, hour = -1.0, "", 0
+        with self._lock:
+            items = list(self._queue)
+            self._queue.clear()
+            self._queued_rows = 0
+        for stream, at, rows, payload in items:
+            if not hour_start <= at < hour_start + 3600:  # the date and hour change rarely
+                moment = datetime.fromtimestamp(at, UTC)
+                day, hour = moment.date().isoformat(), moment.hour
+                hour_start = at - (moment.minute * 60 + moment.second + moment.microsecond / 1e6)
+            entries, counts = taken.setdefault((stream, day, hour), ([], []))
+            entries.append((at, payload))
+            counts.append(rows)
+        for key, (entries, counts) in taken.items():
+            self._take(key, entries, sum(counts))
+
+    def _take(self, key: tuple[Stream, str, int], entries: Entries, rows: int) -> None:
+        stream, day, hour = key
+        try:
+            table = stream.build(entries)
+        except Exception:  # records that cannot become columns are lost, never the writer or a request
+            log.exception("the %s log could not take %d records", self.name, rows)
+            self._errors.inc(rows)
+            return
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            directory = self.root / stream.partition / f"{DATE_PREFIX}{day}"
+            buffer = self._buffers[key] = _Buffer(stream, directory, hour, time.monotonic())
+        buffer.tables.append(table)
+        buffer.rows += rows
+        if buffer.rows >= self.flush_rows:
+            self._write(key)
+
+    def _flush(self, everything: bool) -> None:
+        now = time.monotonic()
+        for key, buffer in list(self._buffers.items()):
+            if everything or now - buffer.opened >= self.flush_seconds:
+                self._write(key)
+
+    def _write(self, key: tuple[Stream, str, int]) -> None:
+        buffer = self._buffers.pop(key)
+        if not buffer.rows:
+            return
+        path = buffer.directory / f"{buffer.hour:02d}-{uuid.uuid4()}.parquet"
+        try:
+            write_parquet(pa.concat_tables(buffer.tables), path)
+        except Exception:  # a full disk or a bad value loses these rows, never the writer or a request
+            log.exception("the %s log could not write %d records to %s", self.name, buffer.rows, path)
+            self._errors.inc(buffer.rows)
+            return
+        self._written.inc(buffer.rows)
+
+    def enforce_retention(self, today: date | None = None) -> list[Path]:
+        """Delete the date partitions older than the retention; the ones deleted."""
+        oldest = (today or datetime.now(UTC).date()) - timedelta(days=self.retention_days)
+        deleted = []
+        for directory in self.root.glob(f"model_name=*/model_version=*/{DATE_PREFIX}*"):
+            try:
+                day = date.fromisoformat(directory.name.removeprefix(DATE_PREFIX))
+            except ValueError:
+                continue  # not ours
+            if day < oldest:
+                shutil.rmtree(directory, ignore_errors=True)
+                deleted.append(directory)
+        if deleted:
+            log.info("the %s log deleted %d date partitions before %s", self.name, len(deleted), oldest)
+        return deleted
+
+
+class InferenceLog:
+    """What the prediction routes hand over: each scored record, by the model that scored it. A record is
+    queued as (RECORD, request id, row, label, probability), a batch as (BATCH, request id, its columns,
+    probabilities, which are positive): references only."""
+
+    def __init__(self, writer: LogWriter) -> None:
+        self.writer = writer
+        self._model: ServedModel | None = None
+        self._stream: Stream | None = None
+
+    def _stream_of(self, model: ServedModel) -> Stream:
+        if model is not self._model:  # a new model: its features and label type
+            self._stream, self._model = _inference_stream(model), model
+        assert self._stream is not None
+        return self._stream
+
+    def record(
+        self, model: ServedModel, request_id: str, row: Mapping[str, Any], label: Label, probability: float
+    ) -> None:
+        stream = self._stream if model is self._model else self._stream_of(model)
+        assert stream is not None
+        self.writer.submit(stream, 1, (RECORD, request_id, row, label, probability))
+
+    def batch(
+        self,
+        model: ServedModel,
+        request_id: str,
+        features: Mapping[str, Sequence[Any]],
+        probabilities: np.ndarray,
+        positive: np.ndarray,
+    ) -> None:
+        payload = (BATCH, request_id, features, probabilities, positive)
+        self.writer.submit(self._stream_of(model), len(probabilities), payload)
+
+
+def _inference_stream(model: ServedModel) -> Stream:
+    columns = model.requests.columns
+    features = pa.schema(
+        [(name, pa.float64()) for name in columns.numeric]
+        + [(name, pa.string()) for name in columns.categorical]
+    )
+    label_type = arrow_type(model.labels[0])
+    labels = np.array(model.labels, dtype=object)
+    schema = pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("time", pa.timestamp("us", tz="UTC")),
+            *features,
+            ("probability", pa.float64()),
+            ("label", label_type),
+        ]
+    )
+
+    def build(entries: Entries) -> pa.Table:
+        # Records sent one by one arrive as runs between batches: each run is one from_pylist.
+        tables, run = [], []
+        for at, payload in entries:
+            if payload[0] is RECORD:
+                run.append((at, payload))
+                continue
+            if run:
+                tables.append(_records(run))
+                run = []
+            tables.append(_batch(at, payload))
+        if run:
+            tables.append(_records(run))
+        return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+
+    def _records(run: list[tuple[float, Any]]) -> pa.Table:
+        table = pa.Table.from_pylist([payload[2] for _, payload in run], schema=features)
+        return pa.Table.from_arrays(
+            [
+                pa.array([payload[1] for _, payload in run], type=pa.string()),
+                timestamps([at for at, _ in run]),
+                *table.columns,
+                pa.array([payload[4] for _, payload in run], type=pa.float64()),
+                pa.array([payload[3] for _, payload in run], type=label_type),
+            ],
+            schema=schema,
+        )
+
+    def _batch(at: float, payload: Any) -> pa.Table:
+        _, request_id, values, probabilities, positive = payload
+        rows = len(probabilities)
+        return pa.Table.from_arrays(
+            [
+                pa.array([f"{request_id}-{index}" for index in range(rows)], type=pa.string()),
+                timestamps([at] * rows),
+                *(pa.array(values[column.name], type=column.type) for column in features),
+                pa.array(np.asarray(probabilities, dtype=np.float64)),
+                pa.array(labels[positive.astype(np.intp)].tolist(), type=label_type),
+            ],
+            schema=schema,
+        )
+
+    return Stream(Stream.partition_of(model), schema, build)

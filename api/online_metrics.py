@@ -1,0 +1,118 @@
+"""Live accuracy: how the predictions that got their true label back (through /feedback) turned out.
+
+The window holds the last ONLINE_METRICS_WINDOW matched items, as (probability of the positive label,
+whether the true label is the positive one). A background task computes accuracy, log loss and ROC AUC
+over it every DRIFT_INTERVAL_SECONDS and sets the gauges; a request only appends to the window. The
+computations are numpy, checked against sklearn.metrics in the tests: sklearn is not needed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from api.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+# sklearn.metrics.log_loss clips probabilities to [eps, 1 - eps] with its dtype's eps: the same here.
+EPSILON = float(np.finfo(np.float64).eps)
+
+
+@dataclass(frozen=True)
+class OnlineFigures:
+    samples: int
+    accuracy: float
+    log_loss: float
+    roc_auc: float  # NaN while the window holds one class only
+
+
+def accuracy(probabilities: np.ndarray, truth: np.ndarray, threshold: float) -> float:
+    return float(np.mean((probabilities > threshold) == truth))
+
+
+def log_loss(probabilities: np.ndarray, truth: np.ndarray) -> float:
+    clipped = np.clip(probabilities, EPSILON, 1 - EPSILON)
+    return float(-np.mean(np.where(truth, np.log(clipped), np.log1p(-clipped))))
+
+
+def roc_auc(probabilities: np.ndarray, truth: np.ndarray) -> float:
+    """The Mann-Whitney form: the chance that a positive scores above a negative, ties counting half,
+    from the average ranks of the positives."""
+    positives = int(truth.sum())
+    negatives = truth.size - positives
+    if positives == 0 or negatives == 0:
+        return math.nan
+    order = np.argsort(probabilities, kind="mergesort")
+    ordered = probabilities[order]
+    ranks = np.empty(truth.size, dtype=np.float64)
+    # Tied scores share the average of the ranks they span (1-based).
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], ordered.size]
+    average = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(average, ends - starts)
+    rank_sum = float(ranks[truth].sum())
+    return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
+
+
+def figures(probabilities: np.ndarray, truth: np.ndarray, threshold: float) -> OnlineFigures:
+    if probabilities.size == 0:
+        return OnlineFigures(0, math.nan, math.nan, math.nan)
+    return OnlineFigures(
+        samples=int(probabilities.size),
+        accuracy=accuracy(probabilities, truth, threshold),
+        log_loss=log_loss(probabilities, truth),
+        roc_auc=roc_auc(probabilities, truth),
+    )
+
+
+class OnlineMetrics:
+    """The window of matched feedback and the task that publishes its figures."""
+
+    def __init__(
+        self, window: int, interval: float, telemetry: Telemetry, threshold: Callable[[], float | None]
+    ) -> None:
+        self.window: deque[tuple[float, bool]] = deque(maxlen=window)
+        self.interval = interval
+        self.telemetry = telemetry
+        self._threshold = threshold  # the serving model's decision threshold (None: no model yet)
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, probability: float, positive: bool) -> None:
+        self.window.append((probability, positive))
+
+    def publish(self) -> OnlineFigures | None:
+        """Compute the figures over the window and set the gauges (nothing while no model serves)."""
+        threshold = self._threshold()
+        if threshold is None:
+            return None
+        items = np.array(self.window, dtype=np.float64).reshape(-1, 2)
+        result = figures(items[:, 0], items[:, 1].astype(bool), threshold)
+        telemetry = self.telemetry
+        telemetry.online_samples.set(result.samples)
+        telemetry.online_accuracy.set(result.accuracy)
+        telemetry.online_log_loss.set(result.log_loss)
+        telemetry.online_roc_auc.set(result.roc_auc)
+        return result
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.publish()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="online-metrics")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
