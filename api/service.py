@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -15,13 +16,15 @@ import numpy as np
 from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
+from api.drift import DriftMonitor, feature_bins
 from api.errors import ModelNotReady
 from api.loading import ServedModel, load_local, load_registered
+from api.monitoring import DRIFT_LEVELS, parse_monitoring
 from api.predictor import ColumnBatch, Label, Row, batch_size
 from api.redaction import redact
 from api.registry import RegistryVersion, resolve_alias
 from api.settings import Settings
-from api.telemetry import Telemetry
+from api.telemetry import BODY_FIELD, UNKNOWN_FIELD, Telemetry
 
 log = logging.getLogger(__name__)
 # Below this many rows the model answers in well under a millisecond: a thread hop would cost more.
@@ -78,16 +81,31 @@ class ModelService:
         if settings.model_uri:  # a fixed model follows no registry: there is nothing to report about one
             telemetry.registry.unregister(telemetry.model_registry_up)
             telemetry.registry.unregister(telemetry.model_last_successful_check)
+        # The served model's drift window; None while nothing serves, or with DRIFT_MONITORING=false.
+        self._drift: DriftMonitor | None = None
+        self._drift_task: asyncio.Task[None] | None = None
+        if not settings.drift_monitoring:
+            for gauge in (
+                telemetry.feature_drift_psi,
+                telemetry.prediction_drift_psi,
+                telemetry.drift_window_rows,
+                telemetry.drift_psi_threshold,
+                telemetry.drift_min_window_rows,
+            ):
+                telemetry.registry.unregister(gauge)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="model-loader")
+        if self.settings.drift_monitoring:
+            self._drift_task = asyncio.create_task(self._watch_drift(), name="drift-monitor")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._drift_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _run(self) -> None:
         delay, attempt = self.settings.retry_initial_seconds, 0
@@ -174,6 +192,7 @@ class ModelService:
     def _swap(self, model: ServedModel) -> None:
         # One assignment: a request that already holds the old model finishes on it.
         self._counters = {label: self.telemetry.predictions.labels(str(label)) for label in model.labels}
+        self._watch(model)
         self.model = model
         self.not_ready_reason = ""
         self.last_reload_failure = None
@@ -186,6 +205,63 @@ class ModelService:
         log.info(
             "serving %s version %s (%s predictor)", registry.name, registry.version, model.predictor.kind
         )
+
+    # ------------------------------------------------------------------ monitoring
+    def _watch(self, model: ServedModel) -> None:
+        """The new model's figures exported, and its drift window started afresh. Its labelled counters
+        start at zero for every feature, so that panels show 0 rather than no data."""
+        telemetry, columns = self.telemetry, model.requests.columns
+        for name in columns.categorical:
+            telemetry.unknown_categories.labels(name)
+        for name in (*columns.order, BODY_FIELD, UNKNOWN_FIELD):
+            telemetry.validation_errors.labels(name)
+        monitoring = parse_monitoring(model.registry.tags)
+        for gauge, values in (
+            (telemetry.model_quality_floor, monitoring.quality_floors),
+            (telemetry.model_test_metric, monitoring.test_metrics),
+        ):
+            gauge.clear()
+            for name, value in values.items():
+                gauge.labels(name).set(value)
+        if not self.settings.drift_monitoring:
+            return
+        telemetry.drift_psi_threshold.clear()
+        for level in DRIFT_LEVELS:
+            if level in monitoring.drift_thresholds:
+                telemetry.drift_psi_threshold.labels(level).set(monitoring.drift_thresholds[level])
+        rows = monitoring.min_window_rows
+        telemetry.drift_min_window_rows.set(math.nan if rows is None else rows)
+        reference = monitoring.prediction_reference
+        try:
+            bins = [item for item in feature_bins(model.feature_metadata) if item.name in columns.order]
+        except (KeyError, TypeError, ValueError) as error:  # a model logged without the distributions
+            log.warning("no drift monitoring for this model: its feature metadata lacks %s", _short(error))
+            bins = []
+        self._drift = DriftMonitor(
+            bins,
+            None if reference is None else np.asarray(reference),
+            self.settings.drift_window_rows,
+            self.settings.drift_buckets,
+        )
+        telemetry.feature_drift_psi.clear()
+        self.publish_drift()
+
+    async def _watch_drift(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.drift_interval_seconds)
+            self.publish_drift()
+
+    def publish_drift(self) -> None:
+        """The PSI of the window now, into the gauges: NaN where there is nothing to compare (no rows
+        yet, or no prediction reference with the model). On the event loop, like the counting."""
+        drift = self._drift
+        if drift is None:
+            return
+        rows, features, prediction = drift.psi()
+        self.telemetry.drift_window_rows.set(rows)
+        for item in drift.bins:
+            self.telemetry.feature_drift_psi.labels(item.name).set(features.get(item.name, math.nan))
+        self.telemetry.prediction_drift_psi.set(math.nan if prediction is None else prediction)
 
     # ------------------------------------------------------------------ scoring
     def require_model(self) -> ServedModel:
@@ -204,6 +280,9 @@ class ModelService:
         label = positive if probability > model.threshold else negative  # the classifiers' own rule
         counters = self._counters if self.model is model else {}
         self._count(counters, label, 1)
+        drift = self._drift
+        if drift is not None and self.model is model:  # into the window of the model that scored it
+            drift.count_one(row, probability)
         self.telemetry.probability.observe(probability)
         for feature, count in unknown.items():
             self.telemetry.unknown_categories.labels(feature).inc(count)
@@ -218,6 +297,11 @@ class ModelService:
         self.telemetry.batch_rows.inc(rows)
         started = time.perf_counter()
         predictor = model.predictor
+        drift = self._drift if self.model is model else None  # a swap since the request took its model
+        if drift is not None:
+            # Converted once, for the predictor and the drift counts alike (the same float64 arrays either
+            # would make of them).
+            columns = {**columns, **drift.numeric_arrays(columns)}
         prepared, unknown = predictor.prepare(columns)
         if rows <= INLINE_BATCH_ROWS:
             probabilities = predictor.score(prepared)
@@ -230,6 +314,8 @@ class ModelService:
         counters = self._counters if self.model is model else {}
         self._count(counters, positive, positives)
         self._count(counters, negative, rows - positives)
+        if drift is not None and drift is self._drift:  # no swap while it was scored
+            drift.count_batch(columns, probabilities)
         self.telemetry.probability.observe_many(probabilities)
         for feature, count in unknown.items():
             self.telemetry.unknown_categories.labels(feature).inc(count)

@@ -74,6 +74,19 @@ class Settings(BaseSettings):
     parity_tolerance: float = Field(
         default=1e-6, gt=0, description="Largest allowed |fast - pipeline| probability on those rows."
     )
+    # Drift monitoring
+    drift_monitoring: bool = Field(
+        default=True, description="Count every scored row into the drift window and export its PSI."
+    )
+    drift_window_rows: int = Field(
+        default=10_000, ge=1, description="Rows the PSI figures rest on: the most recent ones."
+    )
+    drift_buckets: int = Field(
+        default=10, ge=1, description="Time-ordered sub-windows of the drift window; the oldest ages out."
+    )
+    drift_interval_seconds: float = Field(
+        default=30.0, gt=0, description="How often the PSI of the window is computed and exported."
+    )
 
     @field_validator(
         "model_name", "model_alias", "model_uri", "api_keys_file", "metrics_api_keys_file", mode="before"
