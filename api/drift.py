@@ -249,8 +249,14 @@ class DriftMonitor:
         for name, lookup, unseen in self._categorical_plan:
             parts.append(np.fromiter(map(lookup.get, columns[name], repeat(unseen)), np.intp, rows))
         parts.append(probability_index(probabilities) + self._prediction_offset)
-        self._counts[self._current] += np.bincount(np.concatenate(parts), minlength=self.width)
-        self._added(rows)
+        indices = np.stack(parts)  # (quantities, rows): a row's bins are one column
+        start = 0
+        while start < rows:  # once, unless the batch fills the sub-window: the rest goes to the next
+            room = self.capacity - self._rows[self._current]
+            chunk = indices if start == 0 and room >= rows else indices[:, start : start + room]
+            self._counts[self._current] += np.bincount(chunk.ravel(), minlength=self.width)
+            self._added(chunk.shape[1])
+            start += chunk.shape[1]
 
     def _added(self, rows: int) -> None:
         current = self._current

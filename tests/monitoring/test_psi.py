@@ -159,6 +159,15 @@ def test_the_window_holds_between_all_but_one_and_all_of_its_sub_windows():
         assert min(count, 750) <= monitor.rows <= 1_000
 
 
+def test_a_batch_larger_than_a_sub_window_spills_into_the_next_ones():
+    rng = np.random.default_rng(2)
+    monitor = DriftMonitor(feature_bins(METADATA), None, window_rows=1_000, buckets=4)
+    for _ in range(5):
+        monitor.count_batch(sample(rng, 999), rng.random(999))
+        assert 750 <= monitor.rows <= 1_000
+    assert monitor.counts()["age"].sum() == monitor.rows
+
+
 def test_the_prediction_reference_is_ten_equal_bins():
     proportions = probability_proportions(np.array([0.0, 0.05, 0.1, 0.55, 0.99, 1.0]))
     assert len(proportions) == 10
