@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.drift import DriftMonitor, feature_bins
 from api.errors import ModelNotReady
+from api.fast import FastPredictor
 from api.loading import ServedModel, load_local, load_registered
 from api.monitoring import DRIFT_LEVELS, parse_monitoring
 from api.predictor import ColumnBatch, Label, Row, batch_size
@@ -237,12 +238,15 @@ class ModelService:
         except (KeyError, TypeError, ValueError) as error:  # a model logged without the distributions
             log.warning("no drift monitoring for this model: its feature metadata lacks %s", _short(error))
             bins = []
-        self._drift = DriftMonitor(
+        drift = DriftMonitor(
             bins,
             None if reference is None else np.asarray(reference),
             self.settings.drift_window_rows,
             self.settings.drift_buckets,
         )
+        if isinstance(model.predictor, FastPredictor):  # its one-hot matrix already holds the categories
+            drift.read_one_hot(model.predictor.one_hot_positions, model.predictor.width)
+        self._drift = drift
         telemetry.feature_drift_psi.clear()
         self.publish_drift()
 
@@ -315,7 +319,8 @@ class ModelService:
         self._count(counters, positive, positives)
         self._count(counters, negative, rows - positives)
         if drift is not None and drift is self._drift:  # no swap while it was scored
-            drift.count_batch(columns, probabilities)
+            one_hot = prepared if isinstance(prepared, np.ndarray) else None
+            drift.count_batch(columns, probabilities, one_hot, unknown)
         self.telemetry.probability.observe_many(probabilities)
         for feature, count in unknown.items():
             self.telemetry.unknown_categories.labels(feature).inc(count)

@@ -8,9 +8,15 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
+from api.drift import DriftMonitor, feature_bins
+from api.fast import FastPredictor
+from api.loading import load_registered
 from api.monitoring import MONITORING_TAG
+from api.predictor import columns_of
+from api.registry import resolve_alias
 from tests.api.support import metric, metric_samples, serving, wait_until
 
 pytestmark = pytest.mark.slow
@@ -195,3 +201,32 @@ def test_labelled_counters_start_at_zero_for_every_feature(api_registry):
     }
     assert set(rejected) >= features_of(api_registry)
     assert set(rejected.values()) == {0.0}
+
+
+def test_counting_off_the_one_hot_matrix_counts_what_the_lookups_count(api_registry):
+    """The service reads a batch's categories off the fast predictor's matrix; the lookups are the
+    reference. Rows with missing values and categories training never saw, in batches that straddle
+    sub-windows."""
+    settings = api_registry.settings()
+    model = load_registered(settings, resolve_alias(settings))
+    predictor = model.predictor
+    assert isinstance(predictor, FastPredictor)
+    metadata = model.feature_metadata
+    rows = api_registry.rows()
+    for name, meta in metadata["categorical"].items():
+        unseen = sorted(set(meta["allowed"]) - set(meta["categories"]))
+        rows += [row | {name: unseen[0]} for row in rows[:7]] if unseen else []
+        rows += [row | {name: None} for row in rows[:5]] if meta["nullable"] else []
+    assert any(sorted(set(m["allowed"]) - set(m["categories"])) for m in metadata["categorical"].values())
+    bins = feature_bins(metadata)
+    by_lookup, by_matrix = DriftMonitor(bins, None, 700, 7), DriftMonitor(bins, None, 700, 7)
+    by_matrix.read_one_hot(predictor.one_hot_positions, predictor.width)
+    assert by_matrix.reads_one_hot and not by_lookup.reads_one_hot
+    for start in range(0, len(rows), 150):
+        columns = columns_of(rows[start : start + 150], model.requests.columns.order)
+        prepared, unknown = predictor.prepare(columns)
+        probabilities = predictor.score(prepared)
+        by_lookup.count_batch(columns, probabilities)
+        by_matrix.count_batch(columns, probabilities, prepared, unknown)
+        np.testing.assert_array_equal(by_matrix.window(), by_lookup.window())
+    assert by_matrix.rows == by_lookup.rows > 600

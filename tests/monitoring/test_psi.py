@@ -3,6 +3,7 @@ and the reference bins and counts it rests on."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -172,3 +173,36 @@ def test_the_prediction_reference_is_ten_equal_bins():
     proportions = probability_proportions(np.array([0.0, 0.05, 0.1, 0.55, 0.99, 1.0]))
     assert len(proportions) == 10
     assert proportions == pytest.approx([2 / 6, 1 / 6, 0, 0, 0, 1 / 6, 0, 0, 0, 2 / 6])
+
+
+@pytest.mark.parametrize(
+    "fill",
+    ["blue", "__missing__", None],
+    ids=["missing filled with a training category", "missing with a column of its own", "no column"],
+)
+def test_counts_read_off_a_one_hot_matrix_equal_the_lookups(fill):
+    """As the fast predictor encodes: a column per training category; a missing value gets its fill's
+    column (or none), an unseen category none."""
+    positions = {"blue": 1, "green": 2, "red": 3, "violet": 4, "__missing__": 5}  # column 0 is age's
+    positions[None] = positions[fill] if fill else -2
+    rng = np.random.default_rng(9)
+    columns = sample(rng, 900)
+    columns["colour"] = [rng.choice(["white", None, value]) for value in columns["colour"]]
+    matrix = np.zeros((900, 6))
+    for row, value in enumerate(columns["colour"]):
+        column = positions.get(value, -1)
+        if column >= 0:
+            matrix[row, column] = 1.0
+    probabilities = rng.random(900)
+    by_lookup, by_matrix = (DriftMonitor(feature_bins(METADATA), None, 1_000, 4) for _ in range(2))
+    by_matrix.read_one_hot([("colour", positions)], 6)
+    assert by_matrix.reads_one_hot
+    bounds = np.cumsum([0, 125, 125, 300, 100, 250])  # in 250-row sub-windows: whole, and split
+    for start, stop in itertools.pairwise(bounds):
+        part = {name: values[start:stop] for name, values in columns.items()}
+        unknown = {
+            "colour": sum(1 for value in part["colour"] if value is not None and value not in positions)
+        }
+        by_lookup.count_batch(part, probabilities[start:stop])
+        by_matrix.count_batch(part, probabilities[start:stop], matrix[start:stop], unknown)
+        np.testing.assert_array_equal(by_matrix.window(), by_lookup.window())
