@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,16 +15,15 @@ import numpy as np
 from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
-from api.drift import DriftMonitor, feature_bins
+from api.drift import DriftMonitor
 from api.errors import ModelNotReady
-from api.fast import FastPredictor
 from api.loading import ServedModel, load_local, load_registered
-from api.monitoring import DRIFT_LEVELS, parse_monitoring
 from api.predictor import ColumnBatch, Label, Row, batch_size
 from api.redaction import redact
 from api.registry import RegistryVersion, resolve_alias
 from api.settings import Settings
-from api.telemetry import BODY_FIELD, UNKNOWN_FIELD, Telemetry
+from api.telemetry import Telemetry
+from api.watch import ModelWatch
 
 log = logging.getLogger(__name__)
 # Below this many rows the model answers in well under a millisecond: a thread hop would cost more.
@@ -82,18 +80,10 @@ class ModelService:
         if settings.model_uri:  # a fixed model follows no registry: there is nothing to report about one
             telemetry.registry.unregister(telemetry.model_registry_up)
             telemetry.registry.unregister(telemetry.model_last_successful_check)
+        self.watch = ModelWatch(settings, telemetry)
         # The served model's drift window; None while nothing serves, or with DRIFT_MONITORING=false.
         self._drift: DriftMonitor | None = None
         self._drift_task: asyncio.Task[None] | None = None
-        if not settings.drift_monitoring:
-            for gauge in (
-                telemetry.feature_drift_psi,
-                telemetry.prediction_drift_psi,
-                telemetry.drift_window_rows,
-                telemetry.drift_psi_threshold,
-                telemetry.drift_min_window_rows,
-            ):
-                telemetry.registry.unregister(gauge)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -193,7 +183,7 @@ class ModelService:
     def _swap(self, model: ServedModel) -> None:
         # One assignment: a request that already holds the old model finishes on it.
         self._counters = {label: self.telemetry.predictions.labels(str(label)) for label in model.labels}
-        self._watch(model)
+        self._drift = self.watch.start(model)
         self.model = model
         self.not_ready_reason = ""
         self.last_reload_failure = None
@@ -207,65 +197,15 @@ class ModelService:
             "serving %s version %s (%s predictor)", registry.name, registry.version, model.predictor.kind
         )
 
-    # ------------------------------------------------------------------ monitoring
-    def _watch(self, model: ServedModel) -> None:
-        """The new model's figures exported, and its drift window started afresh. Its labelled counters
-        start at zero for every feature, so that panels show 0 rather than no data."""
-        telemetry, columns = self.telemetry, model.requests.columns
-        for name in columns.categorical:
-            telemetry.unknown_categories.labels(name)
-        for name in (*columns.order, BODY_FIELD, UNKNOWN_FIELD):
-            telemetry.validation_errors.labels(name)
-        monitoring = parse_monitoring(model.registry.tags)
-        for gauge, values in (
-            (telemetry.model_quality_floor, monitoring.quality_floors),
-            (telemetry.model_test_metric, monitoring.test_metrics),
-        ):
-            gauge.clear()
-            for name, value in values.items():
-                gauge.labels(name).set(value)
-        if not self.settings.drift_monitoring:
-            return
-        telemetry.drift_psi_threshold.clear()
-        for level in DRIFT_LEVELS:
-            if level in monitoring.drift_thresholds:
-                telemetry.drift_psi_threshold.labels(level).set(monitoring.drift_thresholds[level])
-        rows = monitoring.min_window_rows
-        telemetry.drift_min_window_rows.set(math.nan if rows is None else rows)
-        reference = monitoring.prediction_reference
-        try:
-            bins = [item for item in feature_bins(model.feature_metadata) if item.name in columns.order]
-        except (KeyError, TypeError, ValueError) as error:  # a model logged without the distributions
-            log.warning("no drift monitoring for this model: its feature metadata lacks %s", _short(error))
-            bins = []
-        drift = DriftMonitor(
-            bins,
-            None if reference is None else np.asarray(reference),
-            self.settings.drift_window_rows,
-            self.settings.drift_buckets,
-        )
-        if isinstance(model.predictor, FastPredictor):  # its one-hot matrix already holds the categories
-            drift.read_one_hot(model.predictor.one_hot_positions, model.predictor.width)
-        self._drift = drift
-        telemetry.feature_drift_psi.clear()
-        self.publish_drift()
-
     async def _watch_drift(self) -> None:
         while True:
             await asyncio.sleep(self.settings.drift_interval_seconds)
             self.publish_drift()
 
     def publish_drift(self) -> None:
-        """The PSI of the window now, into the gauges: NaN where there is nothing to compare (no rows
-        yet, or no prediction reference with the model). On the event loop, like the counting."""
-        drift = self._drift
-        if drift is None:
-            return
-        rows, features, prediction = drift.psi()
-        self.telemetry.drift_window_rows.set(rows)
-        for item in drift.bins:
-            self.telemetry.feature_drift_psi.labels(item.name).set(features.get(item.name, math.nan))
-        self.telemetry.prediction_drift_psi.set(math.nan if prediction is None else prediction)
+        """The drift window's PSI now, into the gauges; on the event loop, like the counting."""
+        if self._drift is not None:
+            self.watch.publish(self._drift)
 
     # ------------------------------------------------------------------ scoring
     def require_model(self) -> ServedModel:
