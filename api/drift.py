@@ -173,6 +173,10 @@ def feature_psi(
     return found
 
 
+def _count_missing(values: Sequence[Any]) -> int:
+    return (values if isinstance(values, list) else list(values)).count(None)
+
+
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -305,50 +309,65 @@ class DriftMonitor:
             for name, lookup, unseen in self._categorical_plan:
                 parts.append(np.fromiter(map(lookup.get, columns[name], repeat(unseen)), np.intp, rows))
         parts.append(probability_index(probabilities) + self._prediction_offset)
-        indices = np.stack(parts)  # (quantities, rows): a row's bins are one column
-        start = 0
-        while start < rows:  # once, unless the batch fills the sub-window: the rest goes to the next
-            room = self.capacity - self._rows[self._current]
-            whole = start == 0 and room >= rows
-            chunk = indices if whole else indices[:, start : start + room]
-            counts = np.bincount(chunk.ravel(), minlength=self.width)
-            if encoded is not None and one_hot is not None:
-                span = None if whole else (start, start + chunk.shape[1])
-                counts += self._one_hot_counts(encoded, one_hot, columns, unknown if whole else None, span)
+        indices = np.column_stack(parts)  # (rows, quantities): a row's bins are one contiguous row
+        # The batch in the sub-windows it fills: once, unless it fills the current one.
+        spans, start, room = [], 0, self.capacity - self._rows[self._current]
+        while start < rows:
+            spans.append((start, min(rows, start + room)))
+            start, room = spans[-1][1], self.capacity
+        categorical = (
+            self._one_hot_counts(encoded, one_hot, columns, unknown, spans)
+            if encoded is not None and one_hot is not None and unknown is not None
+            else None
+        )
+        for index, (begin, end) in enumerate(spans):
+            counts = np.bincount(indices[begin:end].ravel(), minlength=self.width)
+            if categorical is not None:
+                counts += categorical[index]
             self._counts[self._current] += counts
-            self._added(chunk.shape[1])
-            start += chunk.shape[1]
+            self._added(end - begin)
 
     def _one_hot_counts(
         self,
         encoded: tuple[np.ndarray, tuple[tuple[str, int, int, int, int, int, int], ...]],
         matrix: np.ndarray,
         columns: Mapping[str, Sequence[Any]],
-        unknown: Mapping[str, int] | None,
-        span: tuple[int, int] | None,
-    ) -> np.ndarray:
+        unknown: Mapping[str, int],
+        spans: list[tuple[int, int]],
+    ) -> list[np.ndarray]:
+        """The categorical bins' counts of each span of the batch, read off its one-hot matrix."""
         mapping, plan = encoded
-        if span is not None:
-            matrix = matrix[span[0] : span[1]]
-        rows = len(matrix)
         # ones @ matrix: the column sums through BLAS, a third of the time of matrix.sum(axis=0).
-        counts: list[int] = np.rint((np.ones(rows) @ matrix) @ mapping).astype(np.int64).tolist()
+        per_span: list[list[int]] = [
+            np.rint((np.ones(end - begin) @ matrix[begin:end]) @ mapping).astype(np.int64).tolist()
+            for begin, end in spans
+        ]
+        # A span split off the batch counts its own missing values (`list.count(None)`), but the longest
+        # gets what the batch's totals leave: a straddling batch scans only its shorter part.
+        longest = max(range(len(spans)), key=lambda index: spans[index][1] - spans[index][0])
         for name, start, stop, kind, fill_bin, missing_bin, unseen_bin in plan:
-            left = rows - sum(counts[start:stop])  # rows without a column of this feature
+            # Rows without a column of this feature, per span.
+            lefts = [
+                end - begin - sum(counts[start:stop])
+                for (begin, end), counts in zip(spans, per_span, strict=True)
+            ]
             if kind == FILL_COLUMN_OF_ITS_OWN:
-                counts[unseen_bin] += left
+                for counts, left in zip(per_span, lefts, strict=True):
+                    counts[unseen_bin] += left
                 continue
-            if kind == NO_FILL_COLUMN and unknown is not None:
-                missing = left - unknown.get(name, 0)
-            else:
-                column = columns[name] if span is None else columns[name][span[0] : span[1]]
-                missing = list(column).count(None)
-            if kind == FILL_IS_A_CATEGORY:
-                counts[fill_bin] -= missing  # the imputer wrote the fill's column for them
-                left += missing
-            counts[missing_bin] += missing
-            counts[unseen_bin] += left - missing
-        return np.array(counts, dtype=np.int64)
+            missings = [
+                0 if kind == NO_FILL_COLUMN and index == longest else _count_missing(columns[name][begin:end])
+                for index, (begin, end) in enumerate(spans)
+            ]
+            if kind == NO_FILL_COLUMN:  # the unseen ones are what the predictor counted
+                missings[longest] = sum(lefts) - unknown.get(name, 0) - sum(missings)
+            for counts, left, missing in zip(per_span, lefts, missings, strict=True):
+                if kind == FILL_IS_A_CATEGORY:
+                    counts[fill_bin] -= missing  # the imputer wrote the fill's column for them
+                    left += missing
+                counts[missing_bin] += missing
+                counts[unseen_bin] += left - missing
+        return [np.array(counts, dtype=np.int64) for counts in per_span]
 
     def _added(self, rows: int) -> None:
         current = self._current
