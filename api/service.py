@@ -15,6 +15,7 @@ import numpy as np
 from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
+from api.drift import DriftMonitor
 from api.errors import ModelNotReady
 from api.loading import ServedModel, load_local, load_registered
 from api.predictor import ColumnBatch, Label, Row, batch_size
@@ -22,6 +23,7 @@ from api.redaction import redact
 from api.registry import RegistryVersion, resolve_alias
 from api.settings import Settings
 from api.telemetry import Telemetry
+from api.watch import ModelWatch
 
 log = logging.getLogger(__name__)
 # Below this many rows the model answers in well under a millisecond: a thread hop would cost more.
@@ -78,16 +80,23 @@ class ModelService:
         if settings.model_uri:  # a fixed model follows no registry: there is nothing to report about one
             telemetry.registry.unregister(telemetry.model_registry_up)
             telemetry.registry.unregister(telemetry.model_last_successful_check)
+        self.watch = ModelWatch(settings, telemetry)
+        # The served model's drift window; None while nothing serves, or with DRIFT_MONITORING=false.
+        self._drift: DriftMonitor | None = None
+        self._drift_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="model-loader")
+        if self.settings.drift_monitoring:
+            self._drift_task = asyncio.create_task(self._watch_drift(), name="drift-monitor")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._drift_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _run(self) -> None:
         delay, attempt = self.settings.retry_initial_seconds, 0
@@ -174,6 +183,7 @@ class ModelService:
     def _swap(self, model: ServedModel) -> None:
         # One assignment: a request that already holds the old model finishes on it.
         self._counters = {label: self.telemetry.predictions.labels(str(label)) for label in model.labels}
+        self._drift = self.watch.start(model)
         self.model = model
         self.not_ready_reason = ""
         self.last_reload_failure = None
@@ -186,6 +196,16 @@ class ModelService:
         log.info(
             "serving %s version %s (%s predictor)", registry.name, registry.version, model.predictor.kind
         )
+
+    async def _watch_drift(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.drift_interval_seconds)
+            self.publish_drift()
+
+    def publish_drift(self) -> None:
+        """The drift window's PSI now, into the gauges; on the event loop, like the counting."""
+        if self._drift is not None:
+            self.watch.publish(self._drift)
 
     # ------------------------------------------------------------------ scoring
     def require_model(self) -> ServedModel:
@@ -204,6 +224,9 @@ class ModelService:
         label = positive if probability > model.threshold else negative  # the classifiers' own rule
         counters = self._counters if self.model is model else {}
         self._count(counters, label, 1)
+        drift = self._drift
+        if drift is not None and self.model is model:  # into the window of the model that scored it
+            drift.count_one(row, probability)
         self.telemetry.probability.observe(probability)
         for feature, count in unknown.items():
             self.telemetry.unknown_categories.labels(feature).inc(count)
@@ -218,6 +241,11 @@ class ModelService:
         self.telemetry.batch_rows.inc(rows)
         started = time.perf_counter()
         predictor = model.predictor
+        drift = self._drift if self.model is model else None  # a swap since the request took its model
+        if drift is not None:
+            # Converted once, for the predictor and the drift counts alike (the same float64 arrays either
+            # would make of them).
+            columns = {**columns, **drift.numeric_arrays(columns)}
         prepared, unknown = predictor.prepare(columns)
         if rows <= INLINE_BATCH_ROWS:
             probabilities = predictor.score(prepared)
@@ -230,6 +258,9 @@ class ModelService:
         counters = self._counters if self.model is model else {}
         self._count(counters, positive, positives)
         self._count(counters, negative, rows - positives)
+        if drift is not None and drift is self._drift:  # no swap while it was scored
+            one_hot = prepared if isinstance(prepared, np.ndarray) else None
+            drift.count_batch(columns, probabilities, one_hot, unknown)
         self.telemetry.probability.observe_many(probabilities)
         for feature, count in unknown.items():
             self.telemetry.unknown_categories.labels(feature).inc(count)

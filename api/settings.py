@@ -74,6 +74,21 @@ class Settings(BaseSettings):
     parity_tolerance: float = Field(
         default=1e-6, gt=0, description="Largest allowed |fast - pipeline| probability on those rows."
     )
+    # Drift monitoring
+    drift_monitoring: bool = Field(
+        default=True, description="Count every scored row into the drift window and export its PSI."
+    )
+    drift_window_rows: int = Field(
+        default=10_000, ge=1, description="Rows the PSI figures rest on: the most recent ones."
+    )
+    drift_buckets: int = Field(
+        default=10, ge=1, description="Time-ordered sub-windows of the drift window; the oldest ages out."
+    )
+    drift_interval_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often the drift PSI and the online metrics are computed and exported.",
+    )
     # Inference log and feedback
     inference_log_dir: Path | None = Field(
         default=None,
@@ -102,9 +117,6 @@ class Settings(BaseSettings):
     )
     online_metrics_window: int = Field(
         default=1000, ge=1, description="The last matched feedback items the online metrics rest on."
-    )
-    drift_interval_seconds: float = Field(
-        default=30.0, gt=0, description="How often the drift and online metrics are recomputed."
     )
 
     @field_validator(

@@ -241,3 +241,45 @@ class Telemetry:
         )
         for gauge in (self.online_accuracy, self.online_log_loss, self.online_roc_auc):
             gauge.set(float("nan"))
+        # Drift (api/drift.py), computed in the background over the sliding window, and the model's own
+        # figures to compare against (api/monitoring.py): the alert rules and dashboards read these series,
+        # so no threshold is written twice.
+        self.feature_drift_psi = Gauge(
+            "feature_drift_psi",
+            "Population Stability Index of each feature over the drift window, against training.",
+            ["feature"],
+            registry=registry,
+        )
+        self.prediction_drift_psi = Gauge(
+            "prediction_drift_psi",
+            "Population Stability Index of the predicted probability over the drift window, against its "
+            "distribution on held-out rows.",
+            registry=registry,
+        )
+        self.drift_window_rows = Gauge(
+            "drift_window_rows", "Rows in the drift window: what the PSI figures rest on.", registry=registry
+        )
+        self.drift_psi_threshold = Gauge(
+            "feature_drift_psi_threshold",
+            "The served model's PSI thresholds, by level (warning, alert), from its registry tags.",
+            ["level"],
+            registry=registry,
+        )
+        self.drift_min_window_rows = Gauge(
+            "drift_min_window_rows",
+            "Fewest rows in the drift window for a drift alert to fire, from the model's registry tags.",
+            registry=registry,
+        )
+        self.model_quality_floor = Gauge(
+            "model_quality_floor",
+            "The served model's quality floors (a ceiling for lower-is-better metrics), by metric.",
+            ["metric"],
+            registry=registry,
+        )
+        self.model_test_metric = Gauge(
+            "model_test_metric",
+            "The served model's metrics on the held-out test split, by metric, from its registry tags.",
+            ["metric"],
+            registry=registry,
+        )
+        self.drift_window_rows.set(0)

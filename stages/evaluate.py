@@ -16,6 +16,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.inspection import permutation_importance
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from api.drift import feature_psi, probability_proportions
 from stages.classification import bootstrap_intervals, classification_metrics, predicted_positive
 from stages.errors import run
 from stages.fairness import fairness
@@ -52,6 +53,24 @@ def slice_metrics(
                 entry.update(classification_metrics(y[mask], probability[mask], threshold))
             report[column][str(value)] = entry
     return report
+
+
+def drift_report(
+    metadata: dict[str, Any], x_test: pd.DataFrame, probability: np.ndarray, warning: float
+) -> dict[str, Any]:
+    """The test split's PSI against the distribution the model learned from, by the service's own
+    computation (api/drift.py): a fresh model shows no drift, every figure below `warning`. And the
+    predicted probability's distribution on the test split, rows the served model never trained on:
+    register hands it to the service as its prediction reference."""
+    columns = {name: x_test[name].tolist() for name in x_test.columns}
+    psi = {name: round(value, DIGITS) for name, value in feature_psi(metadata, columns).items()}
+    return {
+        "rows": len(x_test),
+        "warning": warning,
+        "drifted": sorted(name for name, value in psi.items() if value >= warning),
+        "feature_psi": psi,
+        "prediction_reference": [round(value, DIGITS) for value in probability_proportions(probability)],
+    }
 
 
 def plot_data(
@@ -146,11 +165,14 @@ def main() -> None:
     plots = plot_data(
         pipeline, x_test, y_test, probability, features, params.evaluate.calibration_bins, params.train.seed
     )
+    metadata = json.loads((workspace() / params.paths.model / "feature_metadata.json").read_text())
+    drift = drift_report(metadata, x_test, probability, params.drift.warning)
 
     predictions = output(params.paths.predictions)
     pd.DataFrame({"label": y_test, "probability": probability}).to_parquet(predictions, index=False)
     write_json(output(params.paths.metrics), scores)
     write_json(output(params.paths.slices), slices)
+    write_json(output(params.paths.drift), drift)
     write_json(output(params.paths.intervals), {"level": 0.95, "resamples": params.evaluate.bootstrap_resamples,
                                                 "metrics": intervals})  # fmt: skip
     plots_dir = output(params.paths.plots)
@@ -174,11 +196,17 @@ def main() -> None:
         )
         mlflow.log_dict(slices, "evaluation/slices.json")
         mlflow.log_dict(scores, "evaluation/metrics.json")
+        mlflow.log_dict(drift, "evaluation/drift.json")
+        mlflow.log_metrics({f"test_psi.{name}": value for name, value in drift["feature_psi"].items()})
         mlflow.log_artifacts(str(plots_dir), "evaluation/plots")
         for name, figure in figures(plots).items():
             mlflow.log_figure(figure, f"evaluation/{name}.png")
             plt.close(figure)
     print(f"evaluate: test {', '.join(f'{k}={v:.4f}' for k, v in numeric_metrics(scores).items())}")
+    worst = max(drift["feature_psi"].items(), key=lambda item: item[1])
+    print(
+        f"evaluate: test vs train PSI at most {worst[1]:.4f} ({worst[0]}); drifted: {drift['drifted'] or 'none'}"
+    )
 
 
 def write_json(file: Path, content: Any) -> None:

@@ -56,6 +56,7 @@ class Paths(Block):
     metrics: Path
     slices: Path
     intervals: Path
+    drift: Path
     registry_report: Path
     training_run: Path
     plots: Path
@@ -320,6 +321,20 @@ class Quality(Block):
         return {**self.metrics, **expanded}
 
 
+class Drift(Block):
+    """PSI bands, checked by the service's alert rules through the registered version's tags."""
+
+    warning: Annotated[float, Field(gt=0)]
+    alert: Annotated[float, Field(gt=0)]
+    min_window_rows: Annotated[int, Field(ge=1)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Drift:
+        if self.warning >= self.alert:
+            raise ValueError(f"warning {self.warning} must be below alert {self.alert}")
+        return self
+
+
 class Params(Block):
     paths: Paths
     data: Data
@@ -332,6 +347,7 @@ class Params(Block):
     tune: Tune = Tune()
     mlflow: Mlflow
     quality: Quality
+    drift: Drift
 
     @model_validator(mode="after")
     def _columns_exist(self) -> Params:

@@ -17,11 +17,12 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
 from api.artifact import DIGEST_TAG
+from api.monitoring import MONITORING_TAG, encode_monitoring
 from api.predictor import Columns
 from stages.classification import classification_metrics
 from stages.errors import StageError, run
 from stages.features import labels, model_inputs
-from stages.params import Quality, load_params, parse_quality, read_yaml
+from stages.params import Params, Quality, load_params, parse_quality, read_yaml
 from stages.quality import clears_floor, gain, numeric_metrics
 from stages.registry import Registry, open_registry
 from stages.registry.faults import crash_point
@@ -134,6 +135,19 @@ def incumbents(
     return found
 
 
+def monitoring_tag(params: Params, quality: Quality) -> str:
+    """What the service watches the model with: the drift thresholds, the quality floors it was approved
+    against, and the predicted probability's distribution on the test split (evaluate's drift report)."""
+    report = json.loads((workspace() / params.paths.drift).read_text())
+    drift = params.drift
+    return encode_monitoring(
+        {"warning": drift.warning, "alert": drift.alert},
+        drift.min_window_rows,
+        {name: rule.floor for name, rule in quality.metrics.items() if rule.floor is not None},
+        report["prediction_reference"],
+    )
+
+
 def registered_from(registry: Registry, run_id: str) -> ModelVersion | None:
     """The version an earlier run of register made from this training run, if one did."""
     query = f"name = '{registry.model_name}' and tag.training_run_id = '{run_id}'"
@@ -173,6 +187,7 @@ def main() -> None:
             "status": "staging" if decision.staging else "rejected",
             "decision": "\n".join(decision.reasons),
             **{f"metric.{metric}": str(value) for metric, value in scores.items()},
+            MONITORING_TAG: monitoring_tag(params, quality),
         }
         if earlier is None:
             version = str(

@@ -86,6 +86,13 @@ class FastPredictor(BatchPredictor):
         self._score_one = scorer.row
         self._flip = flip  # the positive class is classes_[0]
 
+    @property
+    def one_hot_positions(self) -> tuple[tuple[str, dict[Any, int]], ...]:
+        """Each categorical feature's category -> its one-hot column in `prepare`'s matrix, with None
+        (missing) -> the imputer's fill column, or NO_COLUMN. Drift monitoring counts a batch's categories
+        off the matrix with these instead of looking every value up a second time."""
+        return self._categorical
+
     def prepare(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
         """The encoded float64 matrix (n, width)."""
         n = batch_size(columns)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import APIRouter
@@ -12,12 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.loading import ServedModel
+from api.monitoring import metrics_from_tags
 from api.redaction import redact
 from api.responses import ErrorResponse, HealthResponse, ModelResponse, ReadyResponse
 from api.routes import service_of
-
-log = logging.getLogger(__name__)
-METRIC_TAG_PREFIX = "metric."
 
 router = APIRouter(tags=["operations"])
 
@@ -83,7 +80,7 @@ def describe(model: ServedModel) -> dict[str, Any]:
         "data_hash": tags.get("data_hash"),
         "status": tags.get("status"),
         "dvc_exp_name": tags.get("dvc_exp_name"),
-        "metrics": _metrics_from_tags(tags),
+        "metrics": metrics_from_tags(tags),
         "loaded_at": model.loaded_at.isoformat(),
         "predictor": model.predictor.kind,
         "fallback_reason": model.fallback_reason,
@@ -91,15 +88,3 @@ def describe(model: ServedModel) -> dict[str, Any]:
         "positive_label": model.labels[1],
         "decision_threshold": model.threshold,
     }
-
-
-def _metrics_from_tags(tags: dict[str, str]) -> dict[str, float]:
-    """The test-split metrics (roc_auc, ...) the pipeline wrote as `metric.*` tags."""
-    metrics = {}
-    for key, value in tags.items():
-        if key.startswith(METRIC_TAG_PREFIX):
-            try:
-                metrics[key.removeprefix(METRIC_TAG_PREFIX)] = float(value)
-            except ValueError:
-                log.warning("tag %s=%r is not a number; left out of /model", key, value)
-    return metrics

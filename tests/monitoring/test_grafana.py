@@ -121,6 +121,28 @@ def test_the_service_dashboard_shows_traffic_latency_errors_and_the_model():
         assert needle in exprs, needle
 
 
+def test_the_service_dashboard_shows_drift_and_online_quality_against_the_model_s_own_figures():
+    (service,) = [board for board in dashboards().values() if "Service" in board["title"]]
+    rows = {panel["title"] for panel in panels(service) if panel["type"] == "row"}
+    assert {"Drift", "Online quality"} <= rows
+    exprs = " ".join(target["expr"] for panel in panels(service) for target in panel.get("targets", []))
+    for needle in [
+        "feature_drift_psi{",
+        "feature_drift_psi_threshold",  # the thresholds come from the model, not from the dashboard
+        "prediction_drift_psi",
+        "drift_window_rows",
+        "drift_min_window_rows",
+        "model_online_accuracy",
+        "model_online_roc_auc",
+        "model_online_log_loss",
+        "model_online_samples",
+        "feedback_total",
+        "model_test_metric",
+        "model_quality_floor",
+    ]:
+        assert needle in exprs, needle
+
+
 def test_the_containers_dashboard_shows_cpu_memory_against_limit_and_network_per_service():
     (containers,) = [board for board in dashboards().values() if "Containers" in board["title"]]
     exprs = " ".join(target["expr"] for panel in panels(containers) for target in panel.get("targets", []))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -80,7 +81,24 @@ def test_every_documented_alert_exists():
         "ContainerCpuHigh",
         "ContainerMemoryNearLimit",
         "TargetMissing",
+        "FeatureDrift",
+        "FeatureDriftWarning",
+        "PredictionDrift",
+        "PredictionDriftWarning",
     }
+
+
+def test_drift_alerts_compare_against_the_thresholds_the_model_exports():
+    """No threshold is written in the rules: each comes with the served model (params.yaml `drift`)."""
+    drift = [rule for rule in alerting_rules() if "Drift" in rule["alert"]]
+    assert len(drift) == 4
+    for rule in drift:
+        level = "warning" if rule["alert"].endswith("Warning") else "alert"
+        assert f'feature_drift_psi_threshold{{level="{level}"}}' in rule["expr"], rule["alert"]
+        assert "job_instance:drift_window:enough_rows" in rule["expr"], rule["alert"]
+        assert not re.search(r"\b0\.\d+\b|\b1000\b", rule["expr"]), rule["alert"]
+    (feature,) = [rule for rule in drift if rule["alert"] == "FeatureDrift"]
+    assert feature["for"] == "15m"
 
 
 @pytest.mark.parametrize("rule", alerting_rules(), ids=lambda rule: rule["alert"])

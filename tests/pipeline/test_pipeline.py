@@ -7,10 +7,14 @@ import shutil
 import subprocess
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 
-from tests.support.pipeline import run
+from api.drift import probability_proportions
+from api.monitoring import MONITORING_TAG, parse_monitoring
+from tests.support.pipeline import SAMPLE_FLOORS, run
+from tests.support.processes import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +40,7 @@ def test_every_stage_writes_its_outputs(trained_pipeline):
         "prepared/train.parquet", "prepared/val.parquet", "prepared/test.parquet",
         "reports/validation.json", "reports/candidates.json", "model/model.pkl", "model/feature_metadata.json",
         "metrics.json", "predictions/test.parquet", "registered.json", "reports/slices.json", "reports/registry.json",
-        "reports/intervals.json",
+        "reports/intervals.json", "reports/drift.json",
         *(f"plots/{name}.json" for name in ("roc", "pr", "confusion", "calibration", "importance")),
     ]  # fmt: skip
     assert [name for name in expected if not (data / name).is_file()] == []
@@ -103,6 +107,33 @@ def test_the_model_is_registered_with_lineage_and_moves_by_aliases(trained_pipel
     assert {alias: str(v) for alias, v in served.aliases.items()} == {"production": str(version.version)}
     candidates = client.get_registered_model("adult-income-candidates")
     assert {alias: str(v) for alias, v in candidates.aliases.items()} == {"development": registry["version"]}
+
+
+def test_a_fresh_model_shows_no_drift_and_carries_what_the_service_watches_it_with(trained_pipeline, client):
+    data = trained_pipeline.workdir / "data"
+    params = yaml.safe_load((trained_pipeline.workdir / "params.yaml").read_text())
+    names = {*params["features"]["numeric"], *params["features"]["categorical"]}
+    # The sample's test split, and the committed report of the full data: PSI against train below 0.1.
+    for report_file in (data / "reports" / "drift.json", REPO_ROOT / "data" / "reports" / "drift.json"):
+        report = json.loads(report_file.read_text())
+        assert set(report["feature_psi"]) == names
+        assert max(report["feature_psi"].values()) < 0.1, report_file
+        assert report["drifted"] == []
+    report = json.loads((data / "reports" / "drift.json").read_text())
+    predictions = pd.read_parquet(data / "predictions" / "test.parquet")
+    assert report["prediction_reference"] == pytest.approx(
+        probability_proportions(predictions["probability"].to_numpy()), abs=1e-6
+    )
+    # register's tag, copied onto the served version by the promotion, as the service reads it.
+    (version,) = client.search_model_versions(f"name = '{trained_pipeline.model_name}'")
+    assert len(version.tags[MONITORING_TAG]) < 1000
+    monitoring = parse_monitoring(version.tags)
+    drift = params["drift"]
+    assert monitoring.drift_thresholds == {"warning": drift["warning"], "alert": drift["alert"]}
+    assert monitoring.min_window_rows == drift["min_window_rows"]
+    assert monitoring.quality_floors == SAMPLE_FLOORS
+    assert monitoring.prediction_reference == pytest.approx(report["prediction_reference"])
+    assert monitoring.test_metrics["roc_auc"] == json.loads((data / "metrics.json").read_text())["roc_auc"]
 
 
 def test_running_again_with_nothing_changed_does_nothing(trained_pipeline, client):
