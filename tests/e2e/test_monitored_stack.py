@@ -7,8 +7,8 @@ rules (only `for:` shortened) -> Alertmanager with alertmanager.yml through entr
 inside this test. Prometheus and Alertmanager run behind basic auth with the web config files that
 monitoring/auth/web_config.py writes, as in compose, and the api with API keys on: clients send one, and
 Prometheus scrapes /metrics with the metrics key written beside them. The test checks that a request without credentials
-is refused, drives traffic, evaluates every dashboard query, stops the api, and waits for ApiDown to be
-delivered.
+is refused, drives traffic and feedback, evaluates every dashboard query, shifts the traffic's age until
+FeatureDrift is delivered, stops the api, and waits for ApiDown to be delivered.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ from tests.support.services import mlflow_server
 # Test-only: long enough to go through `pending`, short enough that the test does not wait minutes.
 SHORT_FOR = "1s"
 TRAFFIC_LIMIT = 5000  # requests of the background load, at most
+DRIFT_WINDOW_ROWS = 2000  # above params.yaml's drift.min_window_rows (1,000), so the drift alerts may fire
+BATCH_ROWS = 1000
 API_SERIES = [
     'up{job="api"} == 1',
     # Scrapes behind basic auth: Prometheus sends its password files.
@@ -62,15 +64,18 @@ API_SERIES = [
 
 
 def post(url: str, payload: Any, key: str | None) -> int:
+    return post_for_answer(url, payload, key)[0]
+
+
+def post_for_answer(url: str, payload: Any, key: str | None) -> tuple[int, Any]:
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
     request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            response.read()
-            return response.status
+            return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         with error:  # an unclosed error response is a ResourceWarning, and warnings are errors here
-            return error.code
+            return error.code, None
 
 
 def records(workdir: Path, count: int) -> list[dict[str, Any]]:
@@ -79,6 +84,21 @@ def records(workdir: Path, count: int) -> list[dict[str, Any]]:
     frame = pd.read_parquet(workdir / "data" / "prepared" / "test.parquet").head(count)
     frame = frame.drop(columns=[params["features"]["target"]]).astype(object)
     return frame.where(frame.notna(), None).to_dict(orient="records")
+
+
+def true_labels(workdir: Path, count: int) -> list[Any]:
+    """The labels of the same rows, in the target's own JSON type, as a client would report them."""
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    frame = pd.read_parquet(workdir / "data" / "prepared" / "test.parquet").head(count)
+    return [
+        label.item() if hasattr(label, "item") else label for label in frame[params["features"]["target"]]
+    ]
+
+
+def shifted(rows: list[dict[str, Any]], count: int, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """`count` rows whose age is 25 years later, clipped to the contract: a population the model never saw."""
+    oldest = params["features"]["numeric"]["age"]["max"]
+    return [{**row, "age": min(row["age"] + 25, oldest)} for row in (rows * (count // len(rows) + 1))[:count]]
 
 
 def an_unseen_category(workdir: Path) -> tuple[str, str]:
@@ -92,17 +112,27 @@ def an_unseen_category(workdir: Path) -> tuple[str, str]:
     raise AssertionError("the training sample saw every allowed category; pick another sample size")
 
 
-def drive_traffic(api: str, rows: list[dict[str, Any]], unseen: tuple[str, str], key: str) -> dict[int, int]:
-    """One round of everything the Service dashboard shows: single and batch predictions, an unseen
-    category, invalid fields. Returns the count per status code."""
+def drive_traffic(
+    api: str, rows: list[dict[str, Any]], labels: list[Any], unseen: tuple[str, str], key: str
+) -> dict[int, int]:
+    """One round of everything the Service dashboard shows: single and batch predictions, feedback on
+    them (their true labels, by request id), an unseen category, invalid fields. Returns the count per
+    status code."""
     statuses: dict[int, int] = {}
 
     def count(status: int) -> None:
         statuses[status] = statuses.get(status, 0) + 1
 
-    for row in rows:
-        count(post(f"{api}/predict", row, key))
+    feedback = []
+    for row, label in zip(rows, labels, strict=True):
+        status, answer = post_for_answer(f"{api}/predict", row, key)
+        count(status)
+        feedback.append({"request_id": answer["request_id"], "label": label})
     count(post(f"{api}/predict/batch", {"records": rows[:50]}, key))
+    status, joined = post_for_answer(f"{api}/feedback", feedback, key)
+    count(status)
+    counts = {result: joined[result] for result in ("matched", "unknown", "duplicate")}
+    assert counts == {"matched": len(rows), "unknown": 0, "duplicate": 0}, joined
     feature, category = unseen
     count(post(f"{api}/predict", {**rows[0], feature: category}, key))
     count(post(f"{api}/predict", {**rows[0], "age": -5}, key))  # out of range: 422 on `age`
@@ -178,6 +208,7 @@ def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(t
         pipeline = trained_and_promoted(tmp_path / "repo", mlflow.url)
         params = yaml.safe_load((pipeline.workdir / "params.yaml").read_text())
         rows = records(pipeline.workdir, 200)
+        labels = true_labels(pipeline.workdir, 200)
         unseen = an_unseen_category(pipeline.workdir)
 
         api_port, prometheus_port, cadvisor_port = free_port(), free_port(), free_port()
@@ -195,6 +226,10 @@ def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(t
             RELOAD_INTERVAL_SECONDS="30",
             API_KEYS_FILE=str(tmp_path / "api-keys.txt"),
             METRICS_API_KEYS_FILE=str(auth.metrics_api_keys_file),
+            # Drift and the online metrics recomputed every second, over a window the shift below fills.
+            DRIFT_INTERVAL_SECONDS="1",
+            DRIFT_WINDOW_ROWS=str(DRIFT_WINDOW_ROWS),
+            INFERENCE_LOG_DIR=str(tmp_path / "inference"),
         )
         api_args = ["python", "-m", "api", "--host", "127.0.0.1", "--port", str(api_port)]
 
@@ -233,8 +268,8 @@ def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(t
                 assert refused_without_credentials("GET", f"{api}/metrics") == 401
                 assert refused_without_credentials("GET", f"{api}/metrics", None, f"Bearer {key}") == 401
 
-                statuses = drive_traffic(api, rows, unseen, key)
-                assert statuses.get(200) == len(rows) + 2, statuses
+                statuses = drive_traffic(api, rows, labels, unseen, key)
+                assert statuses.get(200) == len(rows) + 3, statuses
                 assert statuses.get(422) == 2, statuses
 
                 with BackgroundLoad(api, rows, key):
@@ -257,7 +292,22 @@ def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(t
                     for panel in container_panels:  # no cAdvisor here: they only have to evaluate
                         sample_values(query(prometheus, panel.expr, as_prometheus))
 
-                # 3. The fault: the api stops. ApiDown must travel Prometheus -> Alertmanager (with the
+                # 3. The population shifts: every client now sends people 25 years older. FeatureDrift,
+                # labelled with the feature, must travel to the webhook once the window holds the shift.
+                for _ in range(DRIFT_WINDOW_ROWS // BATCH_ROWS + 1):
+                    status = post(f"{api}/predict/batch", {"records": shifted(rows, BATCH_ROWS, params)}, key)
+                    assert status == 200
+
+                def age_drift() -> list[tuple[str, dict[str, Any]]]:
+                    return [(receiver, alert) for receiver, alert in webhook.alerts("FeatureDrift")
+                            if alert["labels"].get("feature") == "age" and alert["status"] == "firing"]  # fmt: skip
+
+                wait_until(lambda: age_drift(), 120, what="FeatureDrift{feature=age} at the webhook")
+                receiver, alert = age_drift()[0]
+                assert receiver == "critical", alert
+                assert alert["annotations"]["summary"] and alert["annotations"]["runbook"]
+
+                # 4. The fault: the api stops. ApiDown must travel Prometheus -> Alertmanager (with the
                 # alertmanager password) -> webhook.
                 assert webhook.alerts("ApiDown") == [], "ApiDown fired while the api was up"
                 stop(api_process)
