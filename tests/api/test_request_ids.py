@@ -102,3 +102,17 @@ def test_a_503_while_no_model_serves_carries_the_id(api_registry, row):
 def test_operations_answers_carry_the_header(client):
     for path in ("/health", "/ready", "/metrics"):
         assert client.get(path, headers={"X-Request-ID": "ops"}).headers["X-Request-ID"] == "ops"
+
+
+def test_a_new_id_is_a_canonical_random_uuid4():
+    import uuid
+
+    from api.request_ids import new_id
+
+    ids = [new_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    # every variant nibble occurs: the two bits after the fixed ones are random too
+    assert {value[19] for value in ids} == set("89ab")
