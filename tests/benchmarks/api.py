@@ -6,7 +6,9 @@ MLFLOW_TRACKING_URI, on loopback, each in one process with one thread for numeri
 tests/benchmarks/post.lua) drives each with the same single-row POSTs over 32 connections. The bare
 endpoint validates the same payload with the same request model and returns a constant: the ceiling
 FastAPI itself allows. The servers run side by side and are measured in interleaved rounds, medians
-reported, which keeps the machine's drift out of the ratios. Then 1,000-row batches go to this service
+reported, which keeps the machine's drift out of the ratios. This service runs twice: as `make run` serves
+it (drift monitoring on, every record to the inference log under .bench/inference) and with both off, so
+that the monitoring's cost is measured against itself in the same rounds. Then 1,000-row batches go to this service
 (and to the baseline, interleaved with it) over 4 connections: a few keep one process busy. Server-side
 `model_inference_seconds` comes from the service's own /metrics.
 
@@ -34,7 +36,7 @@ from typing import Any
 from api.telemetry import INFERENCE_SECONDS as INFERENCE_METRIC
 from tests.benchmarks.load import histogram_buckets, histogram_quantile, post_json, wait_until_ready, wrk
 from tests.benchmarks.peers import baseline_checkout, serve_bare
-from tests.benchmarks.report import BARE, BASELINE, BATCH_ROWS, MLFLOW, OURS, report
+from tests.benchmarks.report import BARE, BASELINE, BATCH_ROWS, MLFLOW, OURS, UNMONITORED, report
 from tests.support.processes import REPO_ROOT, free_port, running, subprocess_env
 
 OUTPUT_DIR = REPO_ROOT / ".bench"
@@ -205,12 +207,27 @@ def main() -> int:
     env = subprocess_env(
         OMP_NUM_THREADS="1", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", MODEL_NAME=name, MODEL_ALIAS=alias
     )
-    env.pop("MODEL_URI", None)
+    for variable in ("MODEL_URI", "INFERENCE_LOG_DIR", "DRIFT_MONITORING"):  # each server sets its own
+        env.pop(variable, None)
     if settings.mlflow_tracking_uri:
         env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
     python = sys.executable
     service_args = [python, "-m", "api", "--port", "{port}", "--log-level", "warning"]
-    ours = Server(OURS, service_args, "/ready", "/predict", single, complete[0])
+    # This service as `make run` serves it: drift counted and every record written to the inference log.
+    inference_log = OUTPUT_DIR / "inference"
+    shutil.rmtree(inference_log, ignore_errors=True)
+    monitored = {"DRIFT_MONITORING": "true", "INFERENCE_LOG_DIR": str(inference_log)}
+    ours = Server(OURS, service_args, "/ready", "/predict", single, complete[0], env=monitored)
+    # The same service with both off (request ids stay: they are part of the answer): the monitoring's cost.
+    unmonitored = Server(
+        UNMONITORED,
+        service_args,
+        "/ready",
+        "/predict",
+        single,
+        complete[0],
+        env={"DRIFT_MONITORING": "false"},
+    )
     mlflow = Server(
         MLFLOW,
         [
@@ -252,7 +269,7 @@ def main() -> int:
         )
 
     with ExitStack() as stack:
-        servers = [ours]
+        servers = [ours, unmonitored]
         if options.baseline:
             checkout, extra_env = stack.enter_context(baseline_checkout(options.baseline))
             baseline = Server(

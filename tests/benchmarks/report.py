@@ -14,7 +14,10 @@ BATCH_ROWS = 1000
 TARGETS = {"vs_mlflow": 10.0, "vs_bare": 0.70, "inference_p50_ms": 0.5, "batch_rows_per_s": 100_000}
 # Against --baseline: how much of the ratio to bare FastAPI, and of the batch throughput, a change may cost.
 BASELINE_TARGETS = {"vs_bare_points": 3.0, "batch_rows_fraction": 0.95}
+# Drift monitoring and the inference log may cost at most this share of throughput (single rows and batches).
+MONITORING_COST_TARGET = 0.05
 OURS, BASELINE, MLFLOW, BARE = "this service", "baseline", "mlflow models serve", "bare FastAPI (constant)"
+UNMONITORED = "this service, monitoring off"
 
 
 def report(
@@ -72,6 +75,18 @@ def report(
         f"{f'batches of {BATCH_ROWS:,} rows':<44}{ours['batch_rows_per_s']:>10,.0f} rows/s   "
         f"target >= {TARGETS['batch_rows_per_s']:,}   {verdict(verdicts['batch_rows_per_s'])}"
     )
+    if UNMONITORED in results:
+        off = results[UNMONITORED]
+        for key, what in (
+            ("requests_per_s", "single rows"),
+            ("batch_rows_per_s", f"{BATCH_ROWS:,}-row batches"),
+        ):
+            cost = 1 - ours[key] / off[key]
+            verdicts[f"monitoring_cost_{key}"] = cost <= MONITORING_COST_TARGET
+            print(
+                f"{f'monitoring cost, {what}':<44}{cost:>10.1%}    target <= {MONITORING_COST_TARGET:.0%}   "
+                f"{verdict(verdicts[f'monitoring_cost_{key}'])}"
+            )
     if baseline_name is not None:
         points = (ratios[OURS] - ratios[baseline_name]) * 100
         fraction = ours["batch_rows_per_s"] / results[baseline_name]["batch_rows_per_s"]
@@ -89,7 +104,9 @@ def report(
         "results": results,
         "ratios_to_bare": ratios,
         "verdicts": verdicts,
-        "targets": TARGETS | ({"baseline": BASELINE_TARGETS} if baseline_name else {}),
+        "targets": TARGETS
+        | {"monitoring_cost": MONITORING_COST_TARGET}
+        | ({"baseline": BASELINE_TARGETS} if baseline_name else {}),
         "baseline": options.baseline,
         "model_version": str(version),
         "predictor": kind,
