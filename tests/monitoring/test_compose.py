@@ -323,7 +323,9 @@ def test_mlflow_runs_on_postgres_with_proxied_artifacts_reachable_by_name():
     assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://storage:8333"
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(mlflow["environment"])
     for client in ("api", "trainer", "promoter"):
-        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(SERVICES[client]["environment"]), client
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(SERVICES[client]["environment"]), (
+            client
+        )
     assert "--no-serve-artifacts" not in mlflow["command"]
     hosts = set(args["allowed-hosts"].split(","))
     assert {"mlflow", "mlflow:*", "localhost", "localhost:*"} <= hosts
