@@ -39,9 +39,10 @@ def moto_server(log: Path, **env: str):
 
 def without_s3_keys(**overrides: str) -> dict[str, str]:
     """The environment of a client of the shared store that holds no S3 keys (the api, the pipeline)."""
-    env = subprocess_env(**overrides)
+    env = subprocess_env()
     for name in S3_VARIABLES:
         env.pop(name, None)
+    env.update(overrides)
     return env
 
 
@@ -61,6 +62,8 @@ def shared(tmp_path_factory) -> Iterator[Shared]:
             for name in S3_VARIABLES:
                 assert name not in subprocess_env() or name.startswith("MLFLOW"), name
             pipeline = trained_and_promoted(workdir / "repo", mlflow.url)
+            # What a developer commits after `dvc repro`: the clone below starts from it.
+            subprocess.run(["git", "commit", "-q", "-am", "dvc.lock"], cwd=pipeline.workdir, check=True)
             yield Shared(s3_url=s3_url, mlflow_url=mlflow.url, pipeline=pipeline)
 
 
