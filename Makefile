@@ -74,6 +74,20 @@ contract: venv ## your data: SOURCE=data/raw/<file> TARGET=<column> POSITIVE=<la
 repro: venv ## dvc repro (MLflow in mlflow.db unless MLFLOW_TRACKING_URI says otherwise)
 	dvc repro
 
+# The shared store: DVC's `storage` remote (.dvc/config; endpoint and keys from the environment or
+# `dvc remote modify --local`). Push and pull check it first, so a wrong endpoint or key is one line.
+.PHONY: storage-check
+storage-check: venv ## one line: can DVC's `storage` remote be used with these settings and keys?
+	python -m stages.storage
+
+.PHONY: pull
+pull: storage-check ## dvc pull from `storage` (evaluate's and register's push: false outs are rebuilt by dvc repro)
+	dvc pull --allow-missing
+
+.PHONY: push
+push: storage-check ## dvc push to `storage`
+	dvc push
+
 .PHONY: promote
 promote: venv ## move the `production` alias to the `staging` version
 	python -m stages.registry promote

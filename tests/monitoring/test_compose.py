@@ -90,7 +90,7 @@ def needs(name: str) -> set[str]:
 
 
 def test_the_dependencies_that_matter():
-    assert needs("mlflow") == {"postgres"}
+    assert needs("mlflow") == {"postgres", "storage", "storage-bucket"}
     # Nobody logs in before the users exist.
     for name in ("api", "trainer", "promoter"):
         assert "registry-access" in needs(name) and "mlflow" in needs(name), name
@@ -318,8 +318,14 @@ def test_mlflow_runs_on_postgres_with_proxied_artifacts_reachable_by_name():
     args = dict(arg.removeprefix("--").split("=", 1) for arg in mlflow["command"] if arg.startswith("--"))
     assert args["backend-store-uri"].startswith("postgresql+psycopg2://")
     assert "@postgres:5432/" in args["backend-store-uri"]
-    volumes = {target: source for source, target, _ in volume_mounts(mlflow)}
-    assert volumes[args["artifacts-destination"]] in COMPOSE["volumes"]
+    # Artifacts in the storage service's bucket, reached by name; the server alone holds the keys.
+    assert args["artifacts-destination"].startswith("s3://")
+    assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://storage:8333"
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(mlflow["environment"])
+    for client in ("api", "trainer", "promoter"):
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(SERVICES[client]["environment"]), (
+            client
+        )
     assert "--no-serve-artifacts" not in mlflow["command"]
     hosts = set(args["allowed-hosts"].split(","))
     assert {"mlflow", "mlflow:*", "localhost", "localhost:*"} <= hosts

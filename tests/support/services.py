@@ -52,10 +52,16 @@ class MlflowServer:
 
 
 @contextmanager
-def mlflow_server(workdir: Path, admin_password: str | None = None) -> Iterator[MlflowServer]:
+def mlflow_server(
+    workdir: Path,
+    admin_password: str | None = None,
+    artifacts_destination: str | None = None,
+    server_env: dict[str, str] | None = None,
+) -> Iterator[MlflowServer]:
     """`mlflow server` on a fresh PostgreSQL database with a proxied artifact store. With an
     admin_password, MLflow's basic-auth app too, as compose runs it: stages/registry/basic_auth.ini with
-    its user store in a second fresh database."""
+    its user store in a second fresh database. artifacts_destination (e.g. s3://bucket/mlflow) replaces
+    the local directory; server_env (the S3 endpoint and keys) reaches the server alone."""
     port = free_port()
     artifacts = workdir / "mlflow-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -66,7 +72,7 @@ def mlflow_server(workdir: Path, admin_password: str | None = None) -> Iterator[
             "--backend-store-uri",
             backend,
             "--artifacts-destination",
-            str(artifacts),
+            artifacts_destination or str(artifacts),
             "--host",
             "127.0.0.1",
             "--port",
@@ -75,7 +81,7 @@ def mlflow_server(workdir: Path, admin_password: str | None = None) -> Iterator[
             "1",
             *(["--app-name", "basic-auth"] if auth_env else []),
         ]
-        env = subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **auth_env)
+        env = subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **auth_env, **(server_env or {}))
         env.pop("MLFLOW_TRACKING_URI", None)
         url = f"http://127.0.0.1:{port}"
         with running(args, workdir / "mlflow-server.log", f"{url}/health", timeout=90, env=env, cwd=workdir):
