@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 from urllib.parse import urlparse
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.session import get_session
 from dvc.repo import Repo
 
 REMOTE = "storage"
@@ -25,7 +25,8 @@ NO_BUCKET = {"404", "NoSuchBucket"}
 def check(remote: dict) -> str | None:
     """None when the remote's bucket answers with these credentials, else the one line that says why."""
     bucket = urlparse(remote["url"]).netloc
-    client = boto3.client(
+    # botocore itself, which dvc[s3] installs (boto3 comes only with the dev tools, not into the image).
+    client = get_session().create_client(
         "s3",
         endpoint_url=remote.get("endpointurl"),
         aws_access_key_id=remote.get("access_key_id"),
