@@ -211,6 +211,16 @@ def build_registry(trained_pipeline: Any, workdir: Path) -> ApiRegistry:
 
 # ---------------------------------------------------------------------------------------------- processes
 # ---------------------------------------------------------------------------------------------- the app
+def read_log(root: Path) -> pd.DataFrame:
+    """What a reader sees of an inference or feedback log: every complete file, with the partition columns.
+
+    pyarrow's dataset discovery skips the `.` files a writer has not finished, so this never opens one.
+    """
+    if not any(root.glob("model_name=*/model_version=*/date=*/[!.]*.parquet")):
+        return pd.DataFrame()
+    return pd.read_parquet(root, partitioning="hive")
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

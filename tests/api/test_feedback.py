@@ -15,7 +15,7 @@ from api.access import key_hash
 from api.feedback import PredictionIndex
 from api.online_metrics import figures
 from api.settings import Settings
-from tests.api.support import metric, metric_samples, negative_and_positive, serving, wait_until
+from tests.api.support import metric, metric_samples, negative_and_positive, read_log, serving, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -74,8 +74,7 @@ def test_feedback_joins_counts_unknowns_and_keeps_the_first_label(client, api_re
 
     # Every item is in the feedback log, matched or not, with its label and how it joined.
     def logged() -> pd.DataFrame:
-        files = list((log_root / "feedback").rglob("*.parquet"))
-        return pd.concat([pd.read_parquet(path) for path in files]) if files else pd.DataFrame()
+        return read_log(log_root / "feedback")
 
     wanted = {answer["request_id"] for answer in answers} | {"never-predicted"}
     wait_until(lambda: wanted <= set(logged().get("request_id", [])), timeout=30, what="the feedback log")

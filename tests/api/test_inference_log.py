@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import threading
 from datetime import date, timedelta
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,18 +13,11 @@ from pydantic import ValidationError
 
 from api import inference_log
 from api.settings import Settings
-from tests.api.support import metric, metric_samples, serving, wait_until
+from tests.api.support import metric, metric_samples, read_log, serving, wait_until
 
 pytestmark = pytest.mark.slow
 
 FILE_NAME = re.compile(r"[0-2][0-9]-[0-9a-f-]{36}\.parquet")
-
-
-def read_log(root: Path) -> pd.DataFrame:
-    """What a reader sees: every complete file under the log's directory, with the partition columns."""
-    if not any(root.glob("model_name=*/model_version=*/date=*/*.parquet")):
-        return pd.DataFrame()
-    return pd.read_parquet(root, partitioning="hive")
 
 
 def test_the_log_holds_every_record_of_a_run_with_its_ids_and_reads_back_while_written(
