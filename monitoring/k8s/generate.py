@@ -39,7 +39,8 @@ RULE_FILES = ("api.yml", "drift.yml", "feedback.yml")
 DASHBOARD_FILES = ("service.json",)
 # kube-prometheus-stack's rule selector (see servicemonitor.yaml).
 RELEASE_LABEL = {"release": "kube-prometheus-stack"}
-# The label Grafana's dashboard sidecar (kube-prometheus-stack's default) looks for.
+# The label Grafana's dashboard sidecar (kube-prometheus-stack's default) looks for. The panels name
+# their datasource by uid `prometheus`, the uid of that chart's own Prometheus datasource too.
 SIDECAR_LABEL = {"grafana_dashboard": "1"}
 
 # MLflow's auth database on the compose stack's `postgres` host; in a cluster libpq takes the host,

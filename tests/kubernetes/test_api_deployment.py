@@ -3,10 +3,12 @@ privilege, its scratch volumes, its keys and config, its spread, its Service and
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from api.settings import Settings
-from tests.kubernetes.conftest import container, only
+from tests.kubernetes.conftest import container, only, repo_path
 
 OVERLAYS = ("api/k8s/overlays/dev", "api/k8s/overlays/prod")
 
@@ -125,3 +127,17 @@ def test_service_and_budget_select_the_pods(rendered, overlay):
 def test_prod_namespace_enforces_restricted_pod_security(rendered):
     namespace = only(rendered["api/k8s/overlays/prod"], "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_image_cmd_serves_on_the_container_port(rendered, overlay):
+    # The Deployment leaves the command to the image (api/Dockerfile's CMD), so the port must agree.
+    api = container(rendered[overlay], "api")
+    assert "command" not in api and "args" not in api
+    (cmd,) = [
+        line for line in repo_path("api/Dockerfile").read_text().splitlines() if line.startswith("CMD ")
+    ]
+    arguments = json.loads(cmd.removeprefix("CMD "))
+    port = int(arguments[arguments.index("--port") + 1])
+    assert arguments[arguments.index("--host") + 1] == "0.0.0.0"
+    assert [p["containerPort"] for p in api["ports"] if p["name"] == "http"] == [port]
