@@ -60,3 +60,13 @@ def test_the_request_threshold_and_the_cpu_target_are_the_same_fraction_of_a_cor
     assert float(trigger["metadata"]["threshold"]) == pytest.approx(share * measured_low_end, rel=0.02)
     cpu = only(prod, "Deployment")["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert cpu["requests"]["cpu"] == cpu["limits"]["cpu"] == "1"
+
+
+def test_a_fallback_only_beside_average_value_triggers(rendered):
+    # KEDA's rule: fallback replicas are for AverageValue triggers only, never beside cpu or memory.
+    for manifests in rendered.values():
+        for scaled_object in (m for m in manifests if m["kind"] == "ScaledObject"):
+            if "fallback" in scaled_object["spec"]:
+                for trigger in scaled_object["spec"]["triggers"]:
+                    assert trigger["type"] not in ("cpu", "memory")
+                    assert trigger.get("metricType") == "AverageValue"
