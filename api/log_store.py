@@ -121,19 +121,29 @@ class LogStore:
             and not info.base_name.startswith(".")
         ]
 
-    def read(self) -> pa.Table:
-        """Every complete file, with the partition columns; empty while there is none.
+    def dataset(self) -> ds.Dataset | None:
+        """The log's complete files as one pyarrow dataset with the partition columns (model_name,
+        model_version, date), for a reader that filters before it loads; None while there is no file.
 
         The schema is the first file's: a reader of several model versions whose features differ
-        selects them by their `model_version=` directory."""
+        filters on `model_version` (or reads one version's directory)."""
         files = self.files()
         if not files:
-            return pa.table({})
-        dataset = ds.dataset(
+            return None
+        return ds.dataset(
             files,
             filesystem=self.filesystem,
             format="parquet",
-            partitioning=ds.partitioning(flavor="hive"),
+            partitioning=ds.partitioning(
+                pa.schema(
+                    [("model_name", pa.string()), ("model_version", pa.string()), ("date", pa.string())]
+                ),
+                flavor="hive",
+            ),
             partition_base_dir=self.root,
         )
-        return dataset.to_table()
+
+    def read(self) -> pa.Table:
+        """Every complete file, with the partition columns; empty while there is none."""
+        dataset = self.dataset()
+        return pa.table({}) if dataset is None else dataset.to_table()
