@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import yaml
+from mlflow.exceptions import MlflowException
 
 from api.drift import (
     PREDICTION,
@@ -432,8 +433,13 @@ def main() -> None:
     now = datetime.now(UTC)
     report, snapshot = build_report(settings, params, now)
     html, data = write(report, snapshot, settings.report_dir, now)
-    client = open_registry().client
-    client.log_dict(report["model"]["run_id"], report, f"{MLFLOW_ARTIFACT_DIR}/{data.name}")
+    run_id = report["model"]["run_id"]
+    try:
+        open_registry().client.log_dict(run_id, report, f"{MLFLOW_ARTIFACT_DIR}/{data.name}")
+    except MlflowException as error:
+        raise StageError(
+            f"{data} is written, but could not be logged to MLflow run {run_id}: {error}"
+        ) from None
     print(verdict(report))
     print(f"drift-report: {html} and {data} (also latest.*); logged to run {report['model']['run_id']}")
 
