@@ -8,105 +8,16 @@ from __future__ import annotations
 import http.client
 import json
 import subprocess
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.monitoring.native import ALERTMANAGER_CONFIG, load_yaml
-from tests.support.processes import REPO_ROOT, free_port, require_tool, running, subprocess_env, tail
-
-TOKEN = "ghp_test-token-never-logged-0123456789"
-REPOSITORY = "example-owner/example-repo"
-
-
-# ---------------------------------------------------------------------------------------------- fakes
-@dataclass
-class FakeGitHub:
-    url: str
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    status: int = 204  # what GitHub answers a dispatch with
-
-    def dispatches(self) -> list[dict[str, Any]]:
-        return [request for request in self.requests if request["path"].endswith("/dispatches")]
-
-
-@contextmanager
-def fake_github() -> Iterator[FakeGitHub]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    fake = FakeGitHub(f"http://127.0.0.1:{server.server_address[1]}")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
-            self.send_response(fake.status)
-            answer = b"" if fake.status == 204 else b'{"message": "Bad credentials"}'
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server.RequestHandlerClass = Handler
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@dataclass
-class Receiver:
-    url: str
-    log: Path
-
-    def post(self, body: bytes | dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"{self.url}/alerts", data=data, method="POST",
-            headers={"Content-Type": "application/json", **(headers or {})},
-        )  # fmt: skip
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
-
-
-@contextmanager
-def receiver(tmp_path: Path, github: FakeGitHub | None, **env: str) -> Iterator[Receiver]:
-    port = free_port()
-    # Empty unless given: GitHub Actions itself sets GITHUB_REPOSITORY and GITHUB_API_URL.
-    settings = dict.fromkeys(
-        ("GITHUB_API_URL", "GITHUB_REPOSITORY", "RETRAIN_DISPATCH_TOKEN", "RETRAIN_DISPATCH_STATE_FILE"), ""
-    )
-    if github is not None:
-        settings.update(GITHUB_API_URL=github.url, RETRAIN_DISPATCH_TOKEN=TOKEN, GITHUB_REPOSITORY=REPOSITORY)
-    settings.update(env)
-    log = tmp_path / f"receiver-{port}.log"
-    args = ["python", "-m", "api.retrain_dispatch", "--host", "127.0.0.1", "--port", str(port)]
-    with running(
-        args,
-        log,
-        f"http://127.0.0.1:{port}/health",
-        timeout=60,
-        cwd=REPO_ROOT,
-        env=subprocess_env(**settings),
-    ):
-        yield Receiver(f"http://127.0.0.1:{port}", log)
+from tests.monitoring.native import ALERTMANAGER_CONFIG, ALERTMANAGER_ENTRYPOINT, load_yaml
+from tests.retraining.fakes import REPOSITORY, TOKEN, fake_github, receiver
+from tests.support.processes import REPO_ROOT, require_tool, subprocess_env, tail
 
 
 def notification(group: str, *alerts: tuple[str, str], status: str = "firing") -> dict[str, Any]:
@@ -269,13 +180,34 @@ def test_the_route_posts_to_the_compose_service_with_resolved_notifications():
     config = load_yaml(ALERTMANAGER_CONFIG)
     (retrain,) = [item for item in config["receivers"] if item["name"] == "retrain"]
     (hook,) = retrain["webhook_configs"]
-    compose = load_yaml(REPO_ROOT / "compose.yaml")["services"]["retrain-dispatch"]
-    port = compose["command"][compose["command"].index("--port") + 1]
-    assert hook["url"] == f"http://retrain-dispatch:{port}/alerts"
     assert hook["send_resolved"] is True  # a resolved group may dispatch again
-    alertmanager = load_yaml(REPO_ROOT / "compose.yaml")["services"]["alertmanager"]
-    assert set(compose["networks"]) == set(alertmanager["networks"])  # reachable from Alertmanager
-    assert "ports" not in compose  # and from nothing outside the stack
+    services = load_yaml(REPO_ROOT / "compose.yaml")["services"]
+    dispatch, alertmanager = services["retrain-dispatch"], services["alertmanager"]
+    port = dispatch["command"][dispatch["command"].index("--port") + 1]
+    assert alertmanager["environment"]["RETRAIN_DISPATCH_URL"] == f"http://retrain-dispatch:{port}/alerts"
+    assert set(dispatch["networks"]) == set(alertmanager["networks"])  # reachable from Alertmanager
+    assert "ports" not in dispatch  # and from nothing outside the stack
+
+
+def render(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["sh", str(ALERTMANAGER_ENTRYPOINT), str(ALERTMANAGER_CONFIG), str(tmp_path / "rendered.yml"), "true"],
+        capture_output=True, text=True,
+        env=subprocess_env(ALERTMANAGER_WEBHOOK_URL="https://hooks.example.invalid/alerts", **env),
+    )  # fmt: skip
+
+
+def test_the_entrypoint_writes_the_retrain_url_into_the_retrain_receiver_alone(tmp_path):
+    url = "http://127.0.0.1:9/alerts?a=1&b=/c"
+    result = render(tmp_path, RETRAIN_DISPATCH_URL=url)
+    assert result.returncode == 0, result.stderr
+    rendered = {item["name"]: item for item in load_yaml(tmp_path / "rendered.yml")["receivers"]}
+    assert [hook["url"] for hook in rendered["retrain"]["webhook_configs"]] == [url]
+    assert {
+        hook["url"] for name in ("critical", "warning") for hook in rendered[name]["webhook_configs"]
+    } == {"https://hooks.example.invalid/alerts"}
+    refused = render(tmp_path, RETRAIN_DISPATCH_URL="retrain-dispatch:9095/alerts")
+    assert refused.returncode != 0 and "RETRAIN_DISPATCH_URL must start with http://" in refused.stderr
 
 
 def test_the_receiver_log_never_shows_the_token_even_at_debug(tmp_path):
