@@ -55,7 +55,6 @@ from stages.registry import open_registry
 from stages.workspace import workspace
 
 DEFAULT_DAYS = 7
-DEFAULT_INFERENCE_LOG_DIR = "data/inference"
 REPORT_DIR = "data/reports/drift"  # git-ignored; DRIFT_REPORT_DIR moves it
 MLFLOW_ARTIFACT_DIR = "drift_reports"
 # OnlineQualityDrop (monitoring/prometheus/rules/feedback.yml) pages only on at least this many matched
@@ -84,7 +83,10 @@ class Settings:
             days = 0
         if days < 1:
             raise StageError(f"DRIFT_REPORT_DAYS must be a whole number of days, at least 1, not {text!r}")
-        inference = Path(environ.get("INFERENCE_LOG_DIR", "") or DEFAULT_INFERENCE_LOG_DIR)
+        # Its default has one home, the Makefile's INFERENCE_LOG_DIR (where `make run` has the service log).
+        if not environ.get("INFERENCE_LOG_DIR"):
+            raise StageError("INFERENCE_LOG_DIR is unset: name the inference log (`make drift-report` does)")
+        inference = Path(environ["INFERENCE_LOG_DIR"])
         feedback = Path(environ.get("FEEDBACK_LOG_DIR", "") or inference / "feedback")
         report_dir = Path(environ.get("DRIFT_REPORT_DIR", "") or REPORT_DIR)
         for name, path in (("INFERENCE_LOG_DIR", inference), ("FEEDBACK_LOG_DIR", feedback)):
