@@ -126,6 +126,12 @@ plots: venv ## dvc plots show into PLOTS_HTML/index.html, with vendored vega (re
 	cp -r stages/plots/vendor $(PLOTS_HTML)/vendor
 	@echo "plots: open $(PLOTS_HTML)/index.html"
 
+# Evidently's telemetry is off (DO_NOT_TRACK); the report's verdict is in its JSON, never in the exit code.
+.PHONY: drift-report
+drift-report: venv ## the inference log's last DRIFT_REPORT_DAYS (7) vs the training split (Evidently) -> data/reports/drift/latest.{html,json}
+	DO_NOT_TRACK=1 MODEL_NAME=$(MODEL_NAME) MODEL_ALIAS=$(MODEL_ALIAS) INFERENCE_LOG_DIR=$(INFERENCE_LOG_DIR) \
+	  python -m stages.drift_report
+
 .PHONY: serve
 serve: venv ## serve params.yaml's production model on API_HOST:API_PORT (MODEL_NAME, MODEL_ALIAS, MODEL_URI override)
 	$(SERVE)
