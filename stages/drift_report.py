@@ -46,6 +46,7 @@ from api.drift import (
     probability_index,
     psi,
 )
+from api.log_store import LogStore, check_location, child, is_uri
 from api.monitoring import Monitoring, parse_monitoring
 from api.online_metrics import figures
 from stages.errors import StageError, run
@@ -70,8 +71,8 @@ DIGITS = 6
 @dataclass(frozen=True)
 class Settings:
     days: int
-    inference_log: Path
-    feedback_log: Path
+    inference_log: str  # a directory or an s3:// URI (api/log_store.py), as the service writes it
+    feedback_log: str
     report_dir: Path
 
     @classmethod
@@ -86,26 +87,27 @@ class Settings:
         # Its default has one home, the Makefile's INFERENCE_LOG_DIR (where `make run` has the service log).
         if not environ.get("INFERENCE_LOG_DIR"):
             raise StageError("INFERENCE_LOG_DIR is unset: name the inference log (`make drift-report` does)")
-        inference = Path(environ["INFERENCE_LOG_DIR"])
-        feedback = Path(environ.get("FEEDBACK_LOG_DIR", "") or inference / "feedback")
+        inference = environ["INFERENCE_LOG_DIR"]
+        feedback = environ.get("FEEDBACK_LOG_DIR", "") or child(inference, "feedback")
         report_dir = Path(environ.get("DRIFT_REPORT_DIR", "") or REPORT_DIR)
-        for name, path in (("INFERENCE_LOG_DIR", inference), ("FEEDBACK_LOG_DIR", feedback)):
-            if "://" in str(path):
-                raise StageError(f"{name}={path}: only a local directory is read for now")
-        return cls(days, workspace() / inference, workspace() / feedback, workspace() / report_dir)
+        locations = []
+        for name, location in (("INFERENCE_LOG_DIR", inference), ("FEEDBACK_LOG_DIR", feedback)):
+            try:
+                check_location(location)
+            except ValueError as error:
+                raise StageError(f"{name}: {error}") from error
+            locations.append(location if is_uri(location) else str(workspace() / location))
+        return cls(days, locations[0], locations[1], workspace() / report_dir)
 
 
 # ---------------------------------------------------------------------------------------------- the logs
-# The partition columns as text: a version "none" (a MODEL_URI model) and a date compare as written.
-PARTITIONS = ds.partitioning(
-    pa.schema([("model_name", pa.string()), ("model_version", pa.string()), ("date", pa.string())]),
-    flavor="hive",
-)
-
-
-def log_dataset(root: Path, skip: tuple[str, ...] = ()) -> ds.Dataset:
-    """A log as a reader sees it: pyarrow's discovery skips the `.` files a writer has not finished."""
-    return ds.dataset(root, format="parquet", partitioning=PARTITIONS, ignore_prefixes=[".", "_", *skip])
+def log_dataset(location: str) -> ds.Dataset | None:
+    """A log as a reader sees it: its own complete files, on disk or S3, with the partition columns as
+    text (a version "none", of a MODEL_URI model, and a date compare as written); None with no file."""
+    try:
+        return LogStore.of(location).dataset()
+    except OSError as error:  # an unreachable endpoint, refused keys
+        raise StageError(f"cannot read the log at {location}: {error}") from error
 
 
 def window_filter(model_name: str, start: datetime) -> Any:
@@ -120,15 +122,14 @@ def window_filter(model_name: str, start: datetime) -> Any:
 def inference_window(
     settings: Settings, model_name: str, start: datetime, columns: list[str]
 ) -> pd.DataFrame:
-    if not settings.inference_log.is_dir():
-        raise StageError(f"no inference log at {settings.inference_log} (INFERENCE_LOG_DIR)")
-    # The default feedback log lives inside the inference log: its schema is not the inference log's.
-    dataset = log_dataset(settings.inference_log, skip=(settings.feedback_log.name,))
-    missing = [name for name in columns if name not in dataset.schema.names]
-    if dataset.files and missing:
+    dataset = log_dataset(settings.inference_log)  # None: no file yet, as good as no row in the window
+    missing = [] if dataset is None else [name for name in columns if name not in dataset.schema.names]
+    if missing:
         raise StageError(f"the inference log at {settings.inference_log} has no column {', '.join(missing)}")
     table = (
-        dataset.to_table(columns=columns, filter=window_filter(model_name, start)) if dataset.files else None
+        None
+        if dataset is None
+        else dataset.to_table(columns=columns, filter=window_filter(model_name, start))
     )
     if table is None or table.num_rows == 0:
         raise StageError(
@@ -142,8 +143,8 @@ def labelled_predictions(settings: Settings, model_name: str, version: str, star
     """(probability, label) of this version's predictions whose true label came back in the window: the
     first label of each request id, as /feedback counts a later one as a duplicate."""
     empty = pd.DataFrame({"probability": [], "label": []})
-    labels = log_dataset(settings.feedback_log) if settings.feedback_log.is_dir() else None
-    if labels is None or not labels.files:
+    labels, inference = log_dataset(settings.feedback_log), log_dataset(settings.inference_log)
+    if labels is None or inference is None:
         return empty
     feedback = (
         labels.to_table(columns=["request_id", "time", "label"], filter=window_filter(model_name, start))
@@ -155,8 +156,7 @@ def labelled_predictions(settings: Settings, model_name: str, version: str, star
         return empty
     ids = pa.array(feedback["request_id"].tolist(), type=pa.string())
     predictions = (
-        log_dataset(settings.inference_log, skip=(settings.feedback_log.name,))
-        .to_table(
+        inference.to_table(
             columns=["request_id", "probability"],
             filter=(ds.field("model_name") == model_name)
             & (ds.field("model_version") == version)

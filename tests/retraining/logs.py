@@ -1,5 +1,5 @@
 """Synthetic inference and feedback logs, in the service's own layout and file format
-(api/inference_log.py writes them through the same `write_parquet`)."""
+(api/inference_log.py writes them through the same LogStore)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from api.inference_log import write_parquet
+from api.log_store import LogStore
 
 
-def partition(root: Path, model_name: str, version: str, at: datetime) -> Path:
-    return (
-        root
-        / f"model_name={model_name}"
-        / f"model_version={version}"
-        / f"date={at.date().isoformat()}"
-        / f"{at.hour:02d}-{uuid.uuid4()}.parquet"
+def write(table: pa.Table, root: Path, model_name: str, version: str, at: datetime) -> None:
+    """`table` as one new file of the log at `root`, in the partition of `at`."""
+    relative = (
+        f"model_name={model_name}/model_version={version}/date={at.date().isoformat()}/"
+        f"{at.hour:02d}-{uuid.uuid4()}.parquet"
     )
+    LogStore.of(str(root)).write(table, relative)
 
 
 def write_inference_log(
@@ -48,7 +47,7 @@ def write_inference_log(
         columns[name] = pa.array(values, pa.string())
     columns["probability"] = pa.array(probability, pa.float64())
     columns["label"] = pa.array([labels[int(p > 0.5)] for p in probability], pa.string())
-    write_parquet(pa.table(columns), partition(root, model_name, version, at))
+    write(pa.table(columns), root, model_name, version, at)
     return ids
 
 
@@ -63,7 +62,7 @@ def write_feedback_log(
             "result": pa.array(["matched"] * len(ids), pa.string()),
         }
     )
-    write_parquet(table, partition(root, model_name, version, at))
+    write(table, root, model_name, version, at)
 
 
 def recently(hours: float = 1.0) -> datetime:
