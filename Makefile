@@ -74,6 +74,13 @@ contract: venv ## your data: SOURCE=data/raw/<file> TARGET=<column> POSITIVE=<la
 repro: venv ## dvc repro (MLflow in mlflow.db unless MLFLOW_TRACKING_URI says otherwise)
 	dvc repro
 
+# Production's labelled feedback, joined to its inference log, as new rows of a new DVC-tracked data
+# version under data/raw; then `dvc repro` (stages/retrain.py). FEEDBACK_LOG_DIR (default
+# INFERENCE_LOG_DIR/feedback) comes from the environment, as the service reads it.
+.PHONY: retrain
+retrain: venv ## INFERENCE_LOG_DIR's labelled feedback -> a new data version (data/raw, DVC) -> dvc repro; never moves production
+	INFERENCE_LOG_DIR=$(INFERENCE_LOG_DIR) python -m stages.retrain
+
 # The shared store: DVC's `storage` remote (.dvc/config; endpoint and keys from the environment or
 # `dvc remote modify --local`). Push and pull check it first, so a wrong endpoint or key is one line.
 .PHONY: storage-check

@@ -1,0 +1,236 @@
+"""`make retrain`: labelled feedback from the logs becomes a new DVC-tracked data version and a registered,
+lineage-tagged model; the test split keeps its rows; production never moves; a bad batch stops first."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from stages.errors import StageError
+from stages.params import parse, read_yaml
+from stages.prepare import read_raw, resolve_source, sha256_of
+from stages.retrain import LINEAGE_COLUMNS, Logs, join, read_logs
+from tests.retraining.synthetic import START, write_logs
+from tests.support.pipeline import copy_repository, run, sample_params, set_params
+from tests.support.processes import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+BASE_ROWS = 3000  # the sample the first model is trained on
+NEW_ROWS = 300  # the feedback: Adult rows the sample does not hold, with their true labels
+MIN_ROWS = 100
+
+
+@dataclass(frozen=True)
+class Copy:
+    workdir: Path
+    tracking_uri: str
+
+    def params(self):
+        return parse(read_yaml((self.workdir / "params.yaml").read_text(), "params.yaml"))
+
+    def retrain(self, logs: Path, check: bool = True) -> subprocess.CompletedProcess:
+        return run(self.workdir, self.tracking_uri, "env", f"INFERENCE_LOG_DIR={logs}", "python", "-m",
+                   "stages.retrain", check=check)  # fmt: skip
+
+
+def adult_records() -> list[str]:
+    """The Adult file's header and records, as written (the raw form the new rows must match)."""
+    params = parse(read_yaml((REPO_ROOT / "params.yaml").read_text(), "params.yaml"))
+    source = resolve_source(params.data.source, params.paths.raw)
+    return gzip.decompress(source.read_bytes()).decode().splitlines(keepends=True)
+
+
+def fresh_copy(root: Path) -> Copy:
+    """The repository on a small raw file of its own (a retrain appends to a file under data/raw)."""
+    workdir = copy_repository(root / "repo")
+    raw = workdir / "data" / "raw" / "adult-sample.csv"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text("".join(adult_records()[: BASE_ROWS + 1]))
+    overrides = {key: value for key, value in sample_params().items() if key != "data.sample_rows"}
+    overrides |= {
+        "data.source": "data/raw/adult-sample.csv",
+        "data.sha256": sha256_of(raw),
+        "retrain.min_rows": MIN_ROWS,
+    }
+    set_params(workdir, overrides, commit=False)
+    subprocess.run(["git", "add", "-A"], cwd=workdir, check=True)
+    subprocess.run(["git", "commit", "-qm", "a small raw file"], cwd=workdir, check=True)
+    return Copy(workdir, f"sqlite:///{root / 'mlflow.db'}")
+
+
+def feedback_rows(start: int = BASE_ROWS, count: int = NEW_ROWS) -> pd.DataFrame:
+    """Adult rows the sample does not hold, as prepare reads them (the features the service logged)."""
+    full = parse(read_yaml((REPO_ROOT / "params.yaml").read_text(), "params.yaml"))
+    rows = read_raw(resolve_source(full.data.source, full.paths.raw), full.data.read)
+    return rows.iloc[start : start + count].reset_index(drop=True)
+
+
+def split_rows(workdir: Path, name: str) -> set[tuple]:
+    frame = pd.read_parquet(workdir / "data" / "prepared" / f"{name}.parquet")
+    return set(frame.astype(str).itertuples(index=False, name=None))
+
+
+@dataclass(frozen=True)
+class Retrained:
+    copy: Copy
+    before: dict  # params.yaml's data block, the test split and production, before the retrain
+    result: subprocess.CompletedProcess
+    feedback: pd.DataFrame
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory) -> Retrained:
+    root = tmp_path_factory.mktemp("retrain")
+    copy = fresh_copy(root)
+    run(copy.workdir, copy.tracking_uri, "dvc", "repro")
+    run(copy.workdir, copy.tracking_uri, "python", "-m", "stages.registry", "promote", "--first")
+    params = copy.params()
+    mlflow.set_tracking_uri(copy.tracking_uri)
+    production = mlflow.MlflowClient().get_model_version_by_alias(params.mlflow.model_name, "production")
+    before = {
+        "data": params.data.model_dump(),
+        "test": split_rows(copy.workdir, "test"),
+        "production": production.version,
+    }
+    rows = feedback_rows()
+    write_logs(root / "inference", rows, params)
+    result = copy.retrain(root / "inference")
+    return Retrained(copy, before, result, rows)
+
+
+def test_the_new_rows_are_a_new_dvc_tracked_data_version_in_the_raw_form(retrained):
+    workdir, params = retrained.copy.workdir, retrained.copy.params()
+    source = workdir / params.data.source
+    assert params.data.source != retrained.before["data"]["source"]
+    assert source.name.startswith("adult-sample-") and source.name.endswith(".csv")
+    assert sha256_of(source) == params.data.sha256 and params.data.sha256[:12] in source.name
+    pointer = yaml.safe_load(source.with_name(source.name + ".dvc").read_text())
+    assert pointer["outs"][0]["path"] == source.name
+    assert f"/{source.name}" in (source.parent / ".gitignore").read_text().splitlines()
+    status = run(workdir, retrained.copy.tracking_uri, "dvc", "status", "--json")
+    assert json.loads(status.stdout) == {}  # the pointer, the lock and the workspace agree
+    # The original records come first, untouched; then one record per new row, in the file's form.
+    records = source.read_text().splitlines(keepends=True)
+    original = adult_records()[: BASE_ROWS + 1]
+    assert records[0].rstrip("\n") == original[0].rstrip("\n") + "," + ",".join(LINEAGE_COLUMNS)
+    assert [line.rsplit(",", 3)[0] + "\n" for line in records[1 : BASE_ROWS + 1]] == original[1:]
+    assert len(records) == BASE_ROWS + 1 + NEW_ROWS
+    assert set(LINEAGE_COLUMNS) <= set(params.data.drop_columns)
+    grown = read_raw(source, params.data.read)
+    assert len(grown) == BASE_ROWS + NEW_ROWS
+    new = grown.iloc[BASE_ROWS:].reset_index(drop=True)
+    pd.testing.assert_frame_equal(new[retrained.feedback.columns], retrained.feedback, check_dtype=False)
+    report = json.loads((workdir / "data" / "reports" / "retrain.json").read_text())
+    positive = int((retrained.feedback["income"] == ">50K").sum())
+    assert report["rows_added"] == NEW_ROWS and report["positive"] == positive
+    batch = json.loads((workdir / "data" / "reports" / "retrain-batch.json").read_text())
+    assert batch["parent"]["sha256"] == retrained.before["data"]["sha256"]
+    assert batch["scored"]["first"] <= batch["scored"]["last"]
+
+
+def test_the_rows_that_were_in_the_test_split_stay_there(retrained):
+    after = split_rows(retrained.copy.workdir, "test")
+    assert retrained.before["test"] <= after
+    assert len(after) > len(retrained.before["test"])  # some new rows joined it, by the same rule
+
+
+def test_the_registry_has_a_new_version_with_lineage_and_production_did_not_move(retrained):
+    params = retrained.copy.params()
+    mlflow.set_tracking_uri(retrained.copy.tracking_uri)
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(f"name = '{params.mlflow.candidate_model_name}'")
+    assert len(versions) == 2
+    newest = max(versions, key=lambda version: int(version.version))
+    assert newest.tags["retrain.parent_data_sha256"] == retrained.before["data"]["sha256"]
+    assert newest.tags["retrain.data_sha256"] == params.data.sha256
+    assert newest.tags["retrain.rows_added"] == str(NEW_ROWS)
+    production = client.get_model_version_by_alias(params.mlflow.model_name, "production")
+    assert production.version == retrained.before["production"]
+    assert "production stays v1" in retrained.result.stdout
+
+
+def test_the_same_feedback_again_adds_nothing_and_stops(retrained, tmp_path):
+    """The logs still hold last week's labels: their ids are in the data, so they are not added twice."""
+    again = retrained.copy.retrain(retrained.copy.workdir.parent / "inference", check=False)
+    assert again.returncode == 1
+    assert f"0 new labelled rows (allowed: at least {MIN_ROWS}" in again.stderr
+    assert f"{NEW_ROWS} already in the data" in again.stderr
+
+
+# -------------------------------------------------------------------------------- bad batches
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory) -> Copy:
+    return fresh_copy(tmp_path_factory.mktemp("bad-feedback"))
+
+
+@pytest.fixture
+def params(untrained, monkeypatch):
+    """The small copy's params; the checks run there (they read its data for the ids it holds)."""
+    monkeypatch.chdir(untrained.workdir)
+    return untrained.params()
+
+
+def checked(logs: Path, params):
+    return join(*read_logs(Logs(logs, logs / "feedback"), params), params)
+
+
+def test_a_batch_of_one_label_is_refused_with_its_balance(params, tmp_path):
+    rows = feedback_rows()
+    write_logs(tmp_path, rows, params, labels=["<=50K"] * len(rows))
+    with pytest.raises(StageError, match=r"0\.0% of the new rows are '>50K' \(allowed: 10% to 50%"):
+        checked(tmp_path, params)
+
+
+def test_feedback_for_unknown_ids_is_refused_with_how_many(params, tmp_path):
+    write_logs(tmp_path, feedback_rows(), params, feedback_ids=[f"never-scored-{i}" for i in range(NEW_ROWS)])
+    with pytest.raises(StageError, match=rf"{NEW_ROWS} of {NEW_ROWS} labelled ids \(100\.0%\) have no logged "
+                       r"prediction \(allowed: 10\.0%"):  # fmt: skip
+        checked(tmp_path, params)
+
+
+def test_an_id_scored_twice_is_refused_as_ambiguous(params, tmp_path):
+    rows = feedback_rows()
+    ids = write_logs(tmp_path, rows, params)
+    write_logs(tmp_path, rows.iloc[:5], params, ids=ids[:5], version="2")  # a client reused its ids
+    with pytest.raises(StageError, match=r"request ids must be unique: 5 labelled ids name more than one"):
+        checked(tmp_path, params)
+
+
+def test_a_later_label_for_the_same_id_is_a_duplicate_and_the_first_wins(params, tmp_path):
+    rows = feedback_rows()
+    ids = write_logs(tmp_path, rows, params)
+    flipped = ["<=50K" if label == ">50K" else ">50K" for label in rows["income"]]
+    later = START + timedelta(days=1)
+    write_logs(tmp_path, rows, params, labels=flipped, ids=ids, scored=False, labelled_at=later)
+    batch = checked(tmp_path, params)
+    assert len(batch.rows) == NEW_ROWS
+    by_id = dict(zip(batch.rows["request_id"], batch.rows["label"], strict=True))
+    assert [by_id[request_id] for request_id in ids] == rows["income"].tolist()
+
+
+def test_a_bad_batch_stops_make_retrain_before_anything_is_written_or_registered(untrained, tmp_path):
+    params = untrained.params()
+    rows = feedback_rows(count=MIN_ROWS - 1)
+    write_logs(tmp_path, rows, params)
+    before = (untrained.workdir / "params.yaml").read_bytes()
+    raw_files = sorted((untrained.workdir / "data" / "raw").iterdir())
+    result = untrained.retrain(tmp_path, check=False)
+    assert result.returncode == 1
+    assert "retrain: the new rows are refused; nothing was written or registered:" in result.stderr
+    assert (
+        f"{MIN_ROWS - 1} new labelled rows (allowed: at least {MIN_ROWS}, retrain.min_rows" in result.stderr
+    )
+    assert (untrained.workdir / "params.yaml").read_bytes() == before
+    assert sorted((untrained.workdir / "data" / "raw").iterdir()) == raw_files
+    mlflow.set_tracking_uri(untrained.tracking_uri)
+    assert mlflow.MlflowClient().search_registered_models() == []
