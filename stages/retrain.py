@@ -1,6 +1,7 @@
 """retrain: production's labelled feedback becomes new rows, a new data version, and a `dvc repro`.
 
     make retrain        # INFERENCE_LOG_DIR (data/inference), FEEDBACK_LOG_DIR (INFERENCE_LOG_DIR/feedback)
+    python -m stages.retrain decide REPORT [--by-hand]   # retrain.yml: is a retrain due? (key=value lines)
 
 1. The feedback log is joined to the inference log on the request id: only labelled predictions become
    rows. A prediction keeps its first label, as the service does (a later one is a duplicate).
@@ -22,6 +23,7 @@ prepare's split is a function of each row, so the rows already in the test split
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import hashlib
@@ -334,7 +336,26 @@ def tag_lineage(params: Params, tags: dict[str, str]) -> str:
     return f"{report['model_name']} v{report['version']}"
 
 
-def main() -> None:
+def decide(report_file: Path, by_hand: bool) -> dict[str, str]:
+    """Whether retrain.yml retrains: the drift report (`make drift-report`'s JSON, whose `drift` and
+    `quality_drop` booleans are its verdict) says the world moved or online quality fell, or a person
+    asked. The answer is `key=value` lines for $GITHUB_OUTPUT, with the reason a reviewer reads."""
+    try:
+        report = json.loads(report_file.read_text())
+    except (OSError, ValueError) as error:
+        raise StageError(f"cannot read the drift report {report_file}: {error}") from None
+    verdict = {name: report.get(name) for name in ("drift", "quality_drop")}
+    wrong = [name for name, value in verdict.items() if not isinstance(value, bool)]
+    if wrong:
+        raise StageError(f"{report_file}: {', '.join(wrong)} must be true or false, not {verdict}")
+    reasons = [name for name, value in verdict.items() if value] + (["asked for by hand"] if by_hand else [])
+    return {
+        "retrain": str(bool(reasons)).lower(),
+        "reason": ", ".join(reasons) or "no drift, no quality drop",
+    }
+
+
+def retrain() -> None:
     params = load_params()
     if params.data.sample_rows:
         raise StageError(
@@ -379,8 +400,25 @@ def main() -> None:
         raise StageError(
             f"production moved from v{production_before} to v{production_after} during a retrain"
         )
-    print(f"retrain: registered {registered} with its lineage; production stays v{production_before}")
+    unchanged = f"v{production_before}" if production_before else "unset"
+    print(f"retrain: registered {registered} with its lineage; production stays {unchanged}")
     sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.retrain", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command")
+    decision = commands.add_parser("decide", help="is a retrain due, by the drift report or by hand?")
+    decision.add_argument("report", type=Path)
+    decision.add_argument(
+        "--by-hand", action="store_true", help="a person asked: retrain whatever the report says"
+    )
+    args = parser.parse_args(argv)
+    if args.command == "decide":
+        for key, value in decide(args.report, args.by_hand).items():
+            print(f"{key}={value}")
+        return
+    retrain()
 
 
 if __name__ == "__main__":

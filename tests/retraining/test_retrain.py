@@ -18,7 +18,7 @@ import yaml
 from stages.errors import StageError
 from stages.params import parse, read_yaml
 from stages.prepare import read_raw, resolve_source, sha256_of
-from stages.retrain import LINEAGE_COLUMNS, Logs, join, read_logs
+from stages.retrain import LINEAGE_COLUMNS, Logs, decide, join, read_logs
 from tests.retraining.synthetic import START, write_logs
 from tests.support.pipeline import copy_repository, run, sample_params, set_params
 from tests.support.processes import REPO_ROOT
@@ -234,3 +234,91 @@ def test_a_bad_batch_stops_make_retrain_before_anything_is_written_or_registered
     assert sorted((untrained.workdir / "data" / "raw").iterdir()) == raw_files
     mlflow.set_tracking_uri(untrained.tracking_uri)
     assert mlflow.MlflowClient().search_registered_models() == []
+
+
+# -------------------------------------------------------------------------------- retrain.yml's decision
+@pytest.mark.parametrize(
+    ("report", "by_hand", "expected"),
+    [
+        ({"drift": True, "quality_drop": False}, False, {"retrain": "true", "reason": "drift"}),
+        ({"drift": False, "quality_drop": True}, False, {"retrain": "true", "reason": "quality_drop"}),
+        ({"drift": False, "quality_drop": False}, True, {"retrain": "true", "reason": "asked for by hand"}),
+        (
+            {"drift": False, "quality_drop": False},
+            False,
+            {"retrain": "false", "reason": "no drift, no quality drop"},
+        ),
+    ],
+)
+def test_the_workflow_retrains_on_drift_a_quality_drop_or_by_hand_only(tmp_path, report, by_hand, expected):
+    (tmp_path / "latest.json").write_text(json.dumps({**report, "features": {}}))
+    assert decide(tmp_path / "latest.json", by_hand) == expected
+
+
+def test_a_drift_report_without_its_verdict_is_an_error_not_a_silent_no(tmp_path):
+    (tmp_path / "latest.json").write_text(json.dumps({"drift": "yes"}))
+    with pytest.raises(StageError, match="drift, quality_drop must be true or false"):
+        decide(tmp_path / "latest.json", by_hand=True)
+
+
+# -------------------------------------------------------------------------------- retrain.yml's promises
+def _workflow(name: str) -> dict:
+    workflow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / name).read_text())
+    workflow["on"] = workflow.pop(True)  # PyYAML reads the key `on` as True (YAML 1.1)
+    return workflow
+
+
+def test_retrain_yml_runs_weekly_by_hand_and_on_a_retrain_dispatch_one_at_a_time():
+    workflow = _workflow("retrain.yml")
+    assert set(workflow["on"]) == {"schedule", "workflow_dispatch", "repository_dispatch"}
+    (schedule,) = workflow["on"]["schedule"]
+    assert schedule["cron"].split()[2:] == ["*", "*", "1"]  # weekly
+    assert workflow["on"]["repository_dispatch"] == {"types": ["retrain"]}
+    assert workflow["concurrency"] == {"group": "retrain", "cancel-in-progress": False}
+
+
+def test_retrain_yml_has_least_privilege_and_trains_into_a_throwaway_registry():
+    workflow = _workflow("retrain.yml")
+    assert workflow["permissions"] == {}
+    (job,) = workflow["jobs"].values()
+    assert job["permissions"] == {"contents": "write", "pull-requests": "write"}
+    text = (REPO_ROOT / ".github" / "workflows" / "retrain.yml").read_text()
+    # No credential that writes the registry or moves production; the PR is not opened with GITHUB_TOKEN.
+    for secret in (
+        "MLFLOW_PIPELINE_",
+        "MLFLOW_DEPLOYER_",
+        "secrets.GITHUB_TOKEN",
+        "secrets.STORAGE_ACCESS_KEY",
+    ):
+        assert secret not in text, secret
+    steps = {step.get("name", step.get("uses")): step for step in job["steps"]}
+    assert (
+        "MLFLOW_TRACKING_URI" not in str(steps["make retrain"])
+        and "MLFLOW_TRACKING_URI" not in text.split("jobs:")[0]
+    )  # the shared registry's address stays inside the drift-report step
+    assert (
+        steps["Open or update the pull request retrain/<date>"]["env"]["GH_TOKEN"]
+        == "${{ secrets.RETRAIN_PR_TOKEN }}"
+    )
+
+
+def test_retrain_yml_reports_then_retrains_pushes_and_opens_the_pr_in_that_order():
+    (job,) = _workflow("retrain.yml")["jobs"].values()
+    runs = [step.get("run", "") for step in job["steps"]]
+    order = ["make drift-report", "stages.retrain decide", "make retrain", "make push", "gh pr create"]
+    places = [next(index for index, run in enumerate(runs) if wanted in run) for wanted in order]
+    assert places == sorted(places)
+    for step in job["steps"][places[2] :]:
+        assert "steps.decide.outputs.retrain == 'true'" in step["if"], step.get("name")
+
+
+def test_retrain_yml_pins_its_actions_as_ci_yml_does():
+    def pins(name: str) -> set[str]:
+        return {
+            step["uses"]
+            for job in _workflow(name)["jobs"].values()
+            for step in job["steps"]
+            if "uses" in step
+        }
+
+    assert pins("retrain.yml") <= pins("ci.yml")
