@@ -18,7 +18,7 @@ import yaml
 from stages.errors import StageError
 from stages.params import parse, read_yaml
 from stages.prepare import read_raw, resolve_source, sha256_of
-from stages.retrain import LINEAGE_COLUMNS, Logs, decide, join, read_logs
+from stages.retrain import LINEAGE_COLUMNS, Batch, Logs, decide, grown_file, join, read_logs
 from tests.retraining.synthetic import START, write_logs
 from tests.support.pipeline import copy_repository, run, sample_params, set_params
 from tests.support.processes import REPO_ROOT
@@ -322,3 +322,33 @@ def test_retrain_yml_pins_its_actions_as_ci_yml_does():
         }
 
     assert pins("retrain.yml") <= pins("ci.yml")
+
+
+# -------------------------------------------------------------------------------- the raw form
+def test_a_headerless_tsv_gets_its_new_rows_and_the_lineage_names_in_read_names(tmp_path):
+    """Without a header the column names live in data.read.names: the lineage columns are added there."""
+    raw = read_yaml((REPO_ROOT / "params.yaml").read_text(), "params.yaml")
+    names = ["age", "workclass", "education", "education-num", "marital-status", "occupation", "relationship",
+             "race", "gender", "capital-gain", "capital-loss", "hours-per-week", "native-country", "income"]  # fmt: skip
+    raw["data"] |= {"source": "data/raw/adult.tsv", "read": {"delimiter": "\t", "header": False, "names": names,
+                    "index_column": None, "missing_markers": ["?"]}}  # fmt: skip
+    params = parse(raw)
+    source = tmp_path / "adult.tsv"
+    source.write_text("".join(line.split(",", 1)[1].replace(",", "\t") for line in adult_records()[1:51]))
+    rows = feedback_rows(count=3).assign(request_id=["a", "b", "c"], model_version="7")
+    rows["scored_at"] = pd.Timestamp("2026-12-01T10:00:00Z")
+    rows["workclass"] = [None, "Private", "Private"]  # a missing value is written as the first marker
+    data, suffix, changes = grown_file(
+        source, Batch(rows.rename(columns={"income": "label"}), 3, 0, 0), params
+    )
+    assert suffix == ".tsv"
+    assert changes == {
+        "data.read.names": [*names, *LINEAGE_COLUMNS],
+        "data.drop_columns": list(LINEAGE_COLUMNS),
+    }
+    grown = tmp_path / "grown.tsv"
+    grown.write_bytes(data)
+    frame = read_raw(grown, params.data.read.model_copy(update={"names": changes["data.read.names"]}))
+    assert len(frame) == 53 and frame["request_id"].tolist()[-3:] == ["a", "b", "c"]
+    assert frame["age"].dtype == "int64" and pd.isna(frame["workclass"].iloc[50])
+    assert data.decode().splitlines()[50].split("\t")[1] == "?"
