@@ -61,6 +61,9 @@ def fresh_copy(root: Path) -> Copy:
         "data.source": "data/raw/adult-sample.csv",
         "data.sha256": sha256_of(raw),
         "retrain.min_rows": MIN_ROWS,
+        # The mechanics, not the model: one fast family and fewer resamples keep two repros short.
+        "train.candidates": ["logreg"],
+        "evaluate.bootstrap_resamples": 100,
     }
     set_params(workdir, overrides, commit=False)
     subprocess.run(["git", "add", "-A"], cwd=workdir, check=True)
