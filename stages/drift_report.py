@@ -46,11 +46,12 @@ from api.drift import (
     probability_index,
     psi,
 )
-from api.log_store import LogStore, check_location, child, is_uri
+from api.log_store import LogStore
 from api.monitoring import Monitoring, parse_monitoring
 from api.online_metrics import figures
 from stages.errors import StageError, run
 from stages.features import model_inputs
+from stages.logs import log_locations
 from stages.params import Params, load_params
 from stages.registry import open_registry
 from stages.workspace import workspace
@@ -74,6 +75,7 @@ class Settings:
     inference_log: str  # a directory or an s3:// URI (api/log_store.py), as the service writes it
     feedback_log: str
     report_dir: Path
+    log_to_mlflow: bool = True  # DRIFT_REPORT_MLFLOW=false: a reader that may not write runs (retrain.yml)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -87,17 +89,12 @@ class Settings:
         # Its default has one home, the Makefile's INFERENCE_LOG_DIR (where `make run` has the service log).
         if not environ.get("INFERENCE_LOG_DIR"):
             raise StageError("INFERENCE_LOG_DIR is unset: name the inference log (`make drift-report` does)")
-        inference = environ["INFERENCE_LOG_DIR"]
-        feedback = environ.get("FEEDBACK_LOG_DIR", "") or child(inference, "feedback")
+        inference, feedback = log_locations(environ["INFERENCE_LOG_DIR"], environ)
         report_dir = Path(environ.get("DRIFT_REPORT_DIR", "") or REPORT_DIR)
-        locations = []
-        for name, location in (("INFERENCE_LOG_DIR", inference), ("FEEDBACK_LOG_DIR", feedback)):
-            try:
-                check_location(location)
-            except ValueError as error:
-                raise StageError(f"{name}: {error}") from error
-            locations.append(location if is_uri(location) else str(workspace() / location))
-        return cls(days, locations[0], locations[1], workspace() / report_dir)
+        switch = environ.get("DRIFT_REPORT_MLFLOW", "") or "true"
+        if switch not in ("true", "false"):
+            raise StageError(f"DRIFT_REPORT_MLFLOW must be true or false, not {switch!r}")
+        return cls(days, inference, feedback, workspace() / report_dir, switch == "true")
 
 
 # ---------------------------------------------------------------------------------------------- the logs
@@ -436,14 +433,21 @@ def main() -> None:
     report, snapshot = build_report(settings, params, now)
     html, data = write(report, snapshot, settings.report_dir, now)
     run_id = report["model"]["run_id"]
-    try:
-        open_registry().client.log_dict(run_id, report, f"{MLFLOW_ARTIFACT_DIR}/{data.name}")
-    except MlflowException as error:
-        raise StageError(
-            f"{data} is written, but could not be logged to MLflow run {run_id}: {error}"
-        ) from None
+    if settings.log_to_mlflow:
+        try:
+            open_registry().client.log_dict(run_id, report, f"{MLFLOW_ARTIFACT_DIR}/{data.name}")
+        except MlflowException as error:
+            raise StageError(
+                f"{data} is written, but could not be logged to MLflow run {run_id}: {error} "
+                "(DRIFT_REPORT_MLFLOW=false writes the files only)"
+            ) from None
     print(verdict(report))
-    print(f"drift-report: {html} and {data} (also latest.*); logged to run {report['model']['run_id']}")
+    logged = (
+        f"logged to run {run_id}"
+        if settings.log_to_mlflow
+        else "not logged to MLflow (DRIFT_REPORT_MLFLOW=false)"
+    )
+    print(f"drift-report: {html} and {data} (also latest.*); {logged}")
 
 
 if __name__ == "__main__":

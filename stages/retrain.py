@@ -38,9 +38,10 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 
+from api.log_store import PARTITIONS, LogStore
 from stages.errors import StageError, run
+from stages.logs import log_locations
 from stages.params import Label, Params, load_params
 from stages.params_writer import update_params
 from stages.prepare import column_name, read_raw, resolve_source, sha256_of
@@ -59,15 +60,13 @@ TAG_PREFIX = "retrain."
 
 @dataclass(frozen=True)
 class Logs:
-    inference: Path
-    feedback: Path
+    inference: str  # a directory or an s3:// URI (api/log_store.py), as the service writes them
+    feedback: str
 
     @staticmethod
     def from_environment() -> Logs:
         """The service's own variables and defaults (api/settings.py)."""
-        inference = Path(os.environ.get("INFERENCE_LOG_DIR") or "data/inference")
-        feedback = Path(os.environ.get("FEEDBACK_LOG_DIR") or inference / "feedback")
-        return Logs(workspace() / inference, workspace() / feedback)
+        return Logs(*log_locations(os.environ.get("INFERENCE_LOG_DIR") or "data/inference", os.environ))
 
 
 @dataclass(frozen=True)
@@ -88,22 +87,15 @@ def arrow_label_type(labels: list[Label]) -> pa.DataType:
     return pa.int64() if isinstance(labels[0], int) else pa.string()
 
 
-def read_log(directory: Path, columns: list[tuple[str, pa.DataType]], skip: list[str]) -> pd.DataFrame:
-    """Every complete file of a Hive-partitioned log as one frame with `columns` (a file that lacks one,
-    e.g. written by a model version with other features, gives nulls). pyarrow's discovery skips the
-    writer's unfinished `.` files; `skip` names folders to leave out (the feedback log inside the
-    inference log's)."""
-    partitions = [("model_name", pa.string()), (MODEL_VERSION, pa.string()), ("date", pa.string())]
-    schema = pa.schema([*columns, *partitions])
-    if not directory.is_dir():
-        return schema.empty_table().to_pandas()
-    dataset = ds.dataset(
-        directory,
-        schema=schema,
-        format="parquet",
-        partitioning=ds.partitioning(pa.schema(partitions), flavor="hive"),
-        ignore_prefixes=[".", "_", *skip],
-    )
+def read_log(location: str, columns: list[tuple[str, pa.DataType]]) -> pd.DataFrame:
+    """Every complete file of a log, on disk or S3, as one frame with `columns` and the partition columns
+    (a file that lacks a column, written by a model version with other features, gives nulls)."""
+    try:
+        dataset = LogStore.of(location).dataset(pa.schema(columns))
+    except OSError as error:  # an unreachable endpoint, refused keys
+        raise StageError(f"cannot read the log at {location}: {error}") from error
+    if dataset is None:
+        return pa.schema([*columns, *PARTITIONS]).empty_table().to_pandas()
     return dataset.to_table().to_pandas()
 
 
@@ -114,9 +106,8 @@ def read_logs(logs: Logs, params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
         (name, pa.string()) for name in features.categorical
     ]
     time = ("time", pa.timestamp("us", tz="UTC"))
-    inside = [logs.feedback.name] if logs.feedback.parent.resolve() == logs.inference.resolve() else []
-    predictions = read_log(logs.inference, [("request_id", pa.string()), time, *feature_columns], inside)
-    feedback = read_log(logs.feedback, [("request_id", pa.string()), time, ("label", label_type)], [])
+    predictions = read_log(logs.inference, [("request_id", pa.string()), time, *feature_columns])
+    feedback = read_log(logs.feedback, [("request_id", pa.string()), time, ("label", label_type)])
     return predictions, feedback
 
 

@@ -216,3 +216,24 @@ def test_no_rows_in_the_window_is_an_error_that_says_so(trained_pipeline, tmp_pa
 def test_the_feedback_minimum_is_the_alerts():
     rule = (REPO_ROOT / "monitoring/prometheus/rules/feedback.yml").read_text()
     assert f"model_online_samples >= {MIN_FEEDBACK_SAMPLES}" in rule
+
+
+def test_the_settings_read_s3_logs_and_the_mlflow_switch_and_refuse_what_they_cannot_use():
+    from stages.drift_report import Settings
+    from stages.errors import StageError
+
+    settings = Settings.from_environment(
+        {"INFERENCE_LOG_DIR": "s3://logs/production/inference", "DRIFT_REPORT_MLFLOW": "false"}
+    )
+    assert (settings.inference_log, settings.feedback_log) == (
+        "s3://logs/production/inference",
+        "s3://logs/production/inference/feedback",
+    )
+    assert settings.log_to_mlflow is False
+    assert Settings.from_environment({"INFERENCE_LOG_DIR": "data/inference"}).log_to_mlflow is True
+    for environ, refusal in (
+        ({"INFERENCE_LOG_DIR": "gs://logs/inference"}, "INFERENCE_LOG_DIR"),
+        ({"INFERENCE_LOG_DIR": "data/inference", "DRIFT_REPORT_MLFLOW": "no"}, "DRIFT_REPORT_MLFLOW"),
+    ):
+        with pytest.raises(StageError, match=refusal):
+            Settings.from_environment(environ)

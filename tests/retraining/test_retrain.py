@@ -184,7 +184,7 @@ def params(untrained, monkeypatch):
 
 
 def checked(logs: Path, params):
-    return join(*read_logs(Logs(logs, logs / "feedback"), params), params)
+    return join(*read_logs(Logs(str(logs), str(logs / "feedback")), params), params)
 
 
 def test_a_batch_of_one_label_is_refused_with_its_balance(params, tmp_path):
