@@ -196,7 +196,7 @@ def stale_files(directory: Path) -> None:
 
 @pytest.mark.slow
 def test_two_workers_serve_one_port_add_up_and_follow_the_alias(own_registry, tmp_path):
-    port, base = free_port(), None
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     metrics_dir = tmp_path / "metrics"
     stale_files(metrics_dir)
@@ -259,8 +259,8 @@ def test_two_workers_serve_one_port_add_up_and_follow_the_alias(own_registry, tm
         assert total(after, "prediction_probability_count") - total(
             before, "prediction_probability_count"
         ) == (SINGLE + BATCHES * BATCH_ROWS)
-        first, second = (by_pid(after, "http_worker_requests"), by_pid(before, "http_worker_requests"))
-        served = {pid: first[pid] - second.get(pid, 0) for pid in workers}
+        answered = by_pid(after, "http_worker_requests")
+        served = {pid: answered[pid] - by_pid(before, "http_worker_requests").get(pid, 0) for pid in workers}
         assert all(count > 0 for count in served.values()), f"both workers served: {served}"
         assert sum(served.values()) == SINGLE + BATCHES
         assert {answer.get("model_version") for answer in answers[:SINGLE]} == {own_registry.production}
@@ -281,7 +281,7 @@ def test_two_workers_serve_one_port_add_up_and_follow_the_alias(own_registry, tm
         assert Counter(answer["model_version"] for answer in moved_answers) == {own_registry.challenger: 200}
         latest = settled(base, samples, 200)
         now = by_pid(latest, "http_worker_requests")
-        assert all(now[pid] > first[pid] for pid in workers), "both workers answered on the new version"
+        assert all(now[pid] > answered[pid] for pid in workers), "both workers answered on the new version"
 
         # A worker that dies is replaced by uvicorn's supervisor; its live gauges go with it, its counts stay.
         victim = min(workers)
