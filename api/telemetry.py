@@ -89,6 +89,7 @@ def multiprocess_directory(workers: int) -> Iterator[Path | None]:
             multiprocess.mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
+            os.environ.pop(MULTIPROC_DIR, None)  # the process is back as it was, as are its metrics calls
 
 
 class ClearableGauge(Gauge):

@@ -346,6 +346,32 @@ def decide(report_file: Path, by_hand: bool) -> dict[str, str]:
     }
 
 
+def score_production() -> dict[str, object]:
+    """The retrained model against production on the NEW test split, for the retrain PR's reviewer: the
+    retrain registers into the runner's throwaway registry, so retrain.yml asks the shared one (read-only)
+    here. Production is scored as register scores its rivals, through its verified serving artifact."""
+    from stages.register import incumbents  # the same scoring as register's decision
+    from stages.registry import open_registry
+
+    params = load_params()
+    primary = params.quality.primary_metric
+    test = pd.read_parquet(workspace() / params.paths.prepared / "test.parquet")
+    retrained = json.loads((workspace() / params.paths.metrics).read_text())[primary]
+    registry = open_registry()
+    production = [
+        rival for rival in incumbents(registry, test, primary) if rival.alias == registry.aliases.production
+    ]
+    found = production[0] if production else None
+    return {
+        "metric": primary,
+        "test_rows": len(test),
+        "retrained": retrained,
+        "production_version": None if found is None else found.version,
+        "production": None if found is None else found.score,
+        "error": "no production version" if found is None else found.error,
+    }
+
+
 def retrain() -> None:
     params = load_params()
     if params.data.sample_rows:
@@ -404,7 +430,14 @@ def main(argv: list[str] | None = None) -> None:
     decision.add_argument(
         "--by-hand", action="store_true", help="a person asked: retrain whatever the report says"
     )
+    commands.add_parser(
+        "score-production",
+        help="JSON: the retrained model and production on the new test split (MLFLOW_TRACKING_URI's registry)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "score-production":
+        print(json.dumps(score_production(), indent=2))
+        return
     if args.command == "decide":
         for key, value in decide(args.report, args.by_hand).items():
             print(f"{key}={value}")

@@ -58,7 +58,8 @@ def test_the_multiprocess_directory_is_emptied_or_made_for_several_workers(monke
         assert path is None and MULTIPROC_DIR not in os.environ  # one worker: single-process mode
     with multiprocess_directory(2) as path:
         assert path is not None and path.is_dir() and os.environ[MULTIPROC_DIR] == str(path)
-    assert not path.exists()  # a directory it made is its own to remove
+    assert not path.exists()  # a directory it made is its own to remove, and its variable
+    assert MULTIPROC_DIR not in os.environ  # else every later Gauge.clear() here would warn (an error)
 
     given = tmp_path / "metrics"
     given.mkdir()

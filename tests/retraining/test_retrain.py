@@ -162,6 +162,26 @@ def test_the_registry_has_a_new_version_with_lineage_and_production_did_not_move
     assert "production stays v1" in retrained.result.stdout
 
 
+def test_production_is_scored_on_the_new_test_split_for_the_reviewer(retrained):
+    copy = retrained.copy
+    scored = json.loads(
+        run(copy.workdir, copy.tracking_uri, "python", "-m", "stages.retrain", "score-production").stdout
+    )
+    decision = json.loads((copy.workdir / "data" / "reports" / "registry.json").read_text())
+    production = next(rival for rival in decision["compared_with"] if rival["alias"] == "production")
+    metrics = json.loads((copy.workdir / "data" / "metrics.json").read_text())
+    test_rows = len(pd.read_parquet(copy.workdir / "data" / "prepared" / "test.parquet"))
+    assert scored == {
+        "metric": "roc_auc",
+        "test_rows": test_rows,
+        "retrained": metrics["roc_auc"],
+        "production_version": retrained.before["production"],
+        "production": production["score"],  # as register scored it, on the same new rows
+        "error": "",
+    }
+    assert test_rows > len(retrained.before["test"])
+
+
 def test_the_same_feedback_again_adds_nothing_and_stops(retrained, tmp_path):
     """The logs still hold last week's labels: their ids are in the data, so they are not added twice."""
     again = retrained.copy.retrain(retrained.copy.workdir.parent / "inference", check=False)
