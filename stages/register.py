@@ -31,6 +31,8 @@ from stages.serving import registered_scores
 from stages.tracking import configure, training_run
 from stages.workspace import dvc_hash, experiment_name, git_dirty, git_sha, output, workspace
 
+LINEAGE_TAG_PREFIX = "retrain."  # make retrain's lineage, on the version trained on its data
+
 
 @dataclass
 class Decision:
@@ -148,6 +150,24 @@ def monitoring_tag(params: Params, quality: Quality) -> str:
     )
 
 
+def lineage_tags(params: Params) -> dict[str, str]:
+    """What register tags a version trained on a retrain's data version with: the parent data's hash, its
+    own and the rows added. From the retrain's reports, which the retrain PR commits, so the version the
+    merge registers into the shared registry carries them too, not only the runner's throwaway one.
+    None while the data is not a retrain's (no report, or one of an earlier data version)."""
+    batch_file, counts_file = workspace() / params.paths.retrain_batch, workspace() / params.paths.retrain
+    if not batch_file.is_file() or not counts_file.is_file():
+        return {}
+    batch = json.loads(batch_file.read_text())
+    if batch["data"]["sha256"] != params.data.sha256:
+        return {}
+    return {
+        f"{LINEAGE_TAG_PREFIX}parent_data_sha256": batch["parent"]["sha256"],
+        f"{LINEAGE_TAG_PREFIX}data_sha256": batch["data"]["sha256"],
+        f"{LINEAGE_TAG_PREFIX}rows_added": str(json.loads(counts_file.read_text())["rows_added"]),
+    }
+
+
 def registered_from(registry: Registry, run_id: str) -> ModelVersion | None:
     """The version an earlier run of register made from this training run, if one did."""
     query = f"name = '{registry.model_name}' and tag.training_run_id = '{run_id}'"
@@ -188,6 +208,7 @@ def main() -> None:
             "decision": "\n".join(decision.reasons),
             **{f"metric.{metric}": str(value) for metric, value in scores.items()},
             MONITORING_TAG: monitoring_tag(params, quality),
+            **lineage_tags(params),  # a retrain's data version: its parent, rows added
         }
         if earlier is None:
             version = str(

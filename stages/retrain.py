@@ -55,7 +55,6 @@ LINEAGE_COLUMNS = (REQUEST_ID, MODEL_VERSION, SCORED_AT)
 HASH_DIGITS = 12
 _HASHED_STEM = re.compile(rf"-[0-9a-f]{{{HASH_DIGITS}}}$")
 TEXT_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
-TAG_PREFIX = "retrain."
 
 
 @dataclass(frozen=True)
@@ -318,12 +317,8 @@ def production_version() -> str | None:
     return None if version is None else str(version.version)
 
 
-def tag_lineage(params: Params, tags: dict[str, str]) -> str:
-    """Tag the version register just registered (its report names it) with where its data came from."""
-    from stages.registry import open_registry
-
+def registered_version(params: Params) -> str:
     report = json.loads((workspace() / params.paths.registry_report).read_text())
-    open_registry().candidates.tag(report["version"], **tags)
     return f"{report['model_name']} v{report['version']}"
 
 
@@ -404,14 +399,7 @@ def retrain() -> None:
             f"dvc repro exited {result.returncode}: nothing was registered. The new data version is in "
             f"{relative} and params.yaml; `git checkout params.yaml` and `dvc remove {relative}.dvc` undo it"
         )
-    registered = tag_lineage(
-        params,
-        {
-            f"{TAG_PREFIX}parent_data_sha256": parent,
-            f"{TAG_PREFIX}data_sha256": digest,
-            f"{TAG_PREFIX}rows_added": str(metrics["rows_added"]),
-        },
-    )
+    registered = registered_version(params)  # register tagged it with its lineage
     production_after = production_version()
     if production_after != production_before:  # register cannot move it; this says so if it ever did
         raise StageError(
