@@ -210,7 +210,8 @@ async def parts(options: argparse.Namespace, log_dir: Path) -> None:
         arrays = timed("route: numeric_arrays", lambda: numeric_arrays(columns, model), repeat)
         numeric = timed("drift.numeric_arrays", lambda: drift.numeric_arrays(arrays), repeat)
         converted = {**arrays, **numeric}
-        prepared, unknown = timed("predictor.prepare", lambda: predictor.prepare(converted), repeat)
+        codes: dict[str, Any] = {}
+        prepared, unknown = timed("predictor.prepare", lambda: predictor.prepare(converted, codes), repeat)
         probabilities = timed("predictor.score", lambda: predictor.score(prepared), repeat)
         one_hot = prepared if isinstance(prepared, np.ndarray) else None
         timed(
@@ -224,13 +225,13 @@ async def parts(options: argparse.Namespace, log_dir: Path) -> None:
             writer.stop()
         timed(
             "recorder.batch (index + submit)",
-            lambda: recorder.batch(model, "0123456789abcdef", converted, probabilities, positive),
+            lambda: recorder.batch(model, "0123456789abcdef", converted, probabilities, positive, codes),
             repeat,
         )
         for writer in app.state.log_writers:
             writer._queue.clear()
             writer._queued_rows = 0
-        entry = (time.time(), (BATCH, "0123456789abcdef", converted, probabilities, positive))
+        entry = (time.time(), (BATCH, "0123456789abcdef", converted, probabilities, positive, codes))
         table = timed("writer: stream.build (one batch)", lambda: stream.build([entry]), repeat)
         big = __import__("pyarrow").concat_tables([table] * 20)
         target = log_dir / "parts.parquet"
