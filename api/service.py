@@ -248,7 +248,7 @@ class ModelService:
             # Converted once, for the predictor and the drift counts alike (the same float64 arrays either
             # would make of them).
             columns = {**columns, **drift.numeric_arrays(columns)}
-        prepared, unknown = predictor.prepare(columns, codes)
+        prepared, unknown = predictor.prepare(columns) if codes is None else predictor.prepare(columns, codes)
         if rows <= INLINE_BATCH_ROWS:
             probabilities = predictor.score(prepared)
         else:
