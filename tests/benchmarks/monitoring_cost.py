@@ -8,7 +8,8 @@ two, and each block is charged the process's CPU time (`time.process_time`: the 
 thread and the log writer's thread alike) from its first request until the writer has drained what the
 block queued, so the writer's table building is in the monitored figure. CPU time rather than wall time:
 the machine is shared, and CPU time is what the two cores give the requests. The writer thread's own CPU
-is also reported (its thread clock), and `--parts` times each step of a batch on its own.
+is also reported (its thread clock), and the event loop's (the thread that runs it, while the requests
+run: what the GIL-bound request path spends), and `--parts` times each step of a batch on its own.
 
     python -m tests.benchmarks.monitoring_cost [--kind batch|single|both] [--rounds 12] [--requests 40]
     python -m tests.benchmarks.monitoring_cost --parts
@@ -49,6 +50,7 @@ class Client:
         self.name, self.app, self.state = name, app, state
         self.samples: list[float] = []  # CPU µs per request, one per block
         self.writer_samples: list[float] = []  # of which the writer thread's
+        self.loop_samples: list[float] = []  # of which the event loop's (this thread's)
 
     async def post(self, path: str, body: bytes) -> bytes:
         scope = {
@@ -107,14 +109,16 @@ async def drained(client: Client) -> None:
 async def block(client: Client, path: str, bodies: list[bytes], requests: int) -> None:
     writer_threads = [writer._thread for writer in client.writers]
     writer_before = sum(map(thread_seconds, writer_threads))
-    started = time.process_time()
+    started, loop_started = time.process_time(), time.thread_time()
     for index in range(requests):
         await client.post(path, bodies[index % len(bodies)])
+    loop = time.thread_time() - loop_started
     await drained(client)
     spent = time.process_time() - started
     writer = sum(map(thread_seconds, writer_threads)) - writer_before
     client.samples.append(spent / requests * 1e6)
     client.writer_samples.append(writer / requests * 1e6)
+    client.loop_samples.append(loop / requests * 1e6)
 
 
 def payloads(served: Any, kind: str) -> tuple[str, list[bytes]]:
@@ -151,20 +155,21 @@ async def compare(options: argparse.Namespace, log_dir: Path) -> None:
             path, bodies = payloads(served, kind)
             requests = options.requests if kind == "batch" else options.requests * 25
             for client in clients:
-                client.samples, client.writer_samples = [], []
                 await block(client, path, bodies, requests)  # warm-up, not counted
-                client.samples, client.writer_samples = [], []
+                client.samples, client.writer_samples, client.loop_samples = [], [], []
             for round_index in range(options.rounds):
                 order = clients if round_index % 2 == 0 else clients[::-1]
                 for client in order:
                     await block(client, path, bodies, requests)
             on, off = (statistics.median(client.samples) for client in clients)
+            loop_on, loop_off = (statistics.median(client.loop_samples) for client in clients)
             writer = statistics.median(clients[0].writer_samples)
             unit = f"{BATCH_ROWS:,}-row batch" if kind == "batch" else "single record"
             print(
                 f"{unit}: CPU per request, medians of {options.rounds} interleaved blocks of {requests}: "
                 f"monitored {on:,.0f} µs (writer thread {writer:,.0f}), unmonitored {off:,.0f} µs: "
-                f"cost {on / off - 1:+.1%}"
+                f"cost {on / off - 1:+.1%}; of which the event loop's: {loop_on:,.0f} µs and {loop_off:,.0f} µs, "
+                f"cost {loop_on / loop_off - 1:+.1%}"
             )
             for client in clients:
                 print(f"  {client.name:<12} {[round(sample) for sample in client.samples]}")
