@@ -288,31 +288,26 @@ def main() -> int:
         servers = [ours, unmonitored]
         if options.baseline:
             checkout, extra_env = stack.enter_context(baseline_checkout(options.baseline))
-            baseline = Server(
-                f"{BASELINE} ({options.baseline})",
-                service_args,
-                "/ready",
-                "/predict",
-                single,
-                complete[0],
-                checkout,
-                extra_env,
-            )
-            servers.append(baseline)
+            name = f"{BASELINE} ({options.baseline})"
+            variants = {name: extra_env}  # as the shared environment leaves it: drift on, no log
             if options.baseline_monitoring:
                 baseline_log = OUTPUT_DIR / "inference-baseline"
                 shutil.rmtree(baseline_log, ignore_errors=True)
-                baseline.env = extra_env | monitored | {"INFERENCE_LOG_DIR": str(baseline_log)}
+                variants = {
+                    name: extra_env | monitored | {"INFERENCE_LOG_DIR": str(baseline_log)},
+                    name + UNMONITORED_SUFFIX: extra_env | {"DRIFT_MONITORING": "false"},
+                }
+            for variant, variant_env in variants.items():
                 servers.append(
                     Server(
-                        f"{BASELINE} ({options.baseline}){UNMONITORED_SUFFIX}",
+                        variant,
                         service_args,
                         "/ready",
                         "/predict",
                         single,
                         complete[0],
                         checkout,
-                        extra_env | {"DRIFT_MONITORING": "false"},
+                        variant_env,
                     )
                 )
         if not options.no_mlflow:
