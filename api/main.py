@@ -12,7 +12,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -24,6 +23,7 @@ from api.bodies import BodyDeadlines
 from api.feedback import FeedbackDesk, PredictionIndex, PredictionRecorder
 from api.inference_log import InferenceLog, LogWriter
 from api.instrumentation import RequestMetrics
+from api.log_store import LogStore
 from api.online_metrics import OnlineMetrics
 from api.routes import feedback, operations, predictions
 from api.service import ModelService
@@ -88,11 +88,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _log_writer(settings: Settings, root: Path | None, name: str, telemetry: Telemetry) -> LogWriter | None:
-    if root is None:
+def _log_writer(
+    settings: Settings, location: str | None, name: str, telemetry: Telemetry
+) -> LogWriter | None:
+    if location is None:
         return None
     return LogWriter(
-        root,
+        LogStore.of(location),
         name,
         flush_seconds=settings.inference_log_flush_seconds,
         flush_rows=settings.inference_log_flush_rows,

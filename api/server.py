@@ -12,6 +12,11 @@ and httptools gathers a header however long it grows, at a cost that grows faste
 - MAX_HEADER_BYTES for the head: 431, then the connection closes, before httptools holds more than one
   read past the limit.
 
+It also answers uvicorn's own concurrency refusal (`limit_concurrency`, MAX_CONCURRENT_REQUESTS) as the app
+answers its errors, not with uvicorn's plain-text 503: an ErrorResponse body with a `request_id`, the
+`X-Request-ID` header and `Retry-After`. Every refusal here names its request like every other answer
+(api/request_ids.py): the client's id when the head got far enough to carry a well-formed one.
+
 The deadline is kept by one reaper task per event loop that looks at every connection's head start a few
 times a second, not by a timer per request (a timer measured 2.5 µs a request). Both refusals are counted
 in `http_connection_refusals_total{reason}`, from the telemetry the app's lifespan hands over.
@@ -29,10 +34,14 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from api import request_ids
+
 MAX_TICK_SECONDS = 0.25
 HEAD_TIMEOUT = "head_timeout"
 HEADERS_TOO_LARGE = "headers_too_large"
-REASONS = (HEAD_TIMEOUT, HEADERS_TOO_LARGE)
+CONCURRENCY_LIMIT = "concurrency_limit"
+REASONS = (HEAD_TIMEOUT, HEADERS_TOO_LARGE, CONCURRENCY_LIMIT)
+BUSY_DETAIL = "the server is at its limit of concurrent requests (MAX_CONCURRENT_REQUESTS): retry shortly"
 _STATUS_LINES = {
     408: b"HTTP/1.1 408 Request Timeout\r\n",
     431: b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
@@ -70,13 +79,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # The read that completed the head may hold body bytes too: only then is the head itself measured.
         self.head_started = None
         if self.head_bytes > self.max_header_bytes and self._head_size() > self.max_header_bytes:
-            app, self.app = self.app, self._answer_431
-            try:
-                super().on_headers_complete()  # the request runs, through an app that only refuses it
-            finally:
-                self.app = app
-            return
-        super().on_headers_complete()
+            self._run_instead(self._answer_431)
+        elif self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
+        ):  # uvicorn's own test, on which it would run its plain-text 503
+            self._run_instead(self._answer_busy)
+        else:
+            super().on_headers_complete()
+
+    def _run_instead(self, refusal: Any) -> None:
+        """Let uvicorn start the request's cycle as usual, through an app that only refuses it."""
+        app, limit = self.app, self.limit_concurrency
+        self.app, self.limit_concurrency = refusal, None
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app, self.limit_concurrency = app, limit
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -90,22 +108,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return f"the request head exceeds {self.max_header_bytes} bytes"
 
     async def _answer_431(self, scope: Any, receive: Any, send: Any) -> None:
-        body = json.dumps({"detail": self._too_large()}).encode()
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": 431, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(send, 431, self._too_large(), request_ids.from_headers(scope["headers"]))
         self._count(HEADERS_TOO_LARGE)
+
+    async def _answer_busy(self, scope: Any, receive: Any, send: Any) -> None:
+        self.logger.warning("Exceeded concurrency limit.")  # uvicorn's own line, kept for its readers
+        request_id = request_ids.from_headers(scope["headers"])
+        await _send_error(send, 503, BUSY_DETAIL, request_id, [(b"retry-after", b"1")])
+        self._count(CONCURRENCY_LIMIT)
 
     def refuse(self, status: int, reason: str, detail: str) -> None:
         """Answer `status` with an ErrorResponse body and close, mid-head; nothing of the request runs."""
         self.head_started = None
         if self.transport.is_closing():
             return
-        body = json.dumps({"detail": detail}).encode()
+        request_id = request_ids.new_id()  # a head cut short carries no header that can be trusted
+        body = json.dumps({"detail": detail, "request_id": request_id}).encode()
         self.transport.write(
             _STATUS_LINES[status]
             + b"content-type: application/json\r\ncontent-length: "
             + str(len(body)).encode()
+            + b"\r\nx-request-id: "
+            + request_id.encode()
             + b"\r\nconnection: close\r\n\r\n"
             + body
         )
@@ -116,6 +140,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         telemetry = self.app_state.get("telemetry")  # what the app's lifespan handed over
         if telemetry is not None:
             telemetry.connection_refusals.labels(reason).inc()
+
+
+async def _send_error(
+    send: Any, status: int, detail: str, request_id: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """An ErrorResponse answer that closes the connection."""
+    body = json.dumps({"detail": detail, "request_id": request_id}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (request_ids.HEADER_KEY, request_id.encode()),
+        (b"connection", b"close"),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _reap(connections: set[Any], head_timeout: float, loop: asyncio.AbstractEventLoop) -> None:

@@ -6,10 +6,13 @@ the service (the Makefile, compose, the image) passes them on. Only a fixed MODE
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from api.log_store import check_location, child
 
 
 class Settings(BaseSettings):
@@ -90,9 +93,12 @@ class Settings(BaseSettings):
         description="How often the drift PSI and the online metrics are computed and exported.",
     )
     # Inference log and feedback
-    inference_log_dir: Path | None = Field(
+    inference_log_dir: str | None = Field(
         default=None,
-        description="Where each scored record is appended as Parquet (api/inference_log.py); unset: no log.",
+        description=(
+            "Where each scored record is appended as Parquet (api/inference_log.py): a directory or an "
+            "s3://bucket/prefix URI; unset: no log."
+        ),
     )
     inference_log_flush_seconds: float = Field(
         default=60.0, gt=0, description="A log file is closed at most this long after its first record."
@@ -106,7 +112,7 @@ class Settings(BaseSettings):
     inference_log_queue_rows: int = Field(
         default=100_000, ge=1, description="Records waiting for the writer at most; beyond, they are dropped."
     )
-    feedback_log_dir: Path | None = Field(
+    feedback_log_dir: str | None = Field(
         default=None, description="Where /feedback items are appended; default: INFERENCE_LOG_DIR/feedback."
     )
     feedback_api_keys_file: Path | None = Field(
@@ -137,13 +143,10 @@ class Settings(BaseSettings):
 
     @field_validator("inference_log_dir", "feedback_log_dir", mode="before")
     @classmethod
-    def _a_directory(cls, value: object) -> object:
-        if isinstance(value, str) and "://" in value:
-            raise ValueError(
-                f"{value!r}: the logs are written to a local directory for now (object storage is the "
-                "storage issue's)"
-            )
-        return value
+    def _a_log_location(cls, value: object) -> object:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        return check_location(value) if isinstance(value, str) and value else value
 
     @model_validator(mode="after")
     def _names_the_model(self) -> Settings:
@@ -175,8 +178,8 @@ class Settings(BaseSettings):
         return f"models:/{name}@{alias}"
 
     @property
-    def feedback_log(self) -> Path | None:
+    def feedback_log(self) -> str | None:
         """FEEDBACK_LOG_DIR, else INFERENCE_LOG_DIR/feedback, else None (no feedback log)."""
         if self.feedback_log_dir is not None:
             return self.feedback_log_dir
-        return None if self.inference_log_dir is None else self.inference_log_dir / "feedback"
+        return None if self.inference_log_dir is None else child(self.inference_log_dir, "feedback")

@@ -123,7 +123,8 @@ class Telemetry:
         self.connection_refusals = Counter(
             "http_connection_refusals_total",
             "Requests refused by the HTTP server before the app (api/server.py): 408 for a head past "
-            "REQUEST_READ_TIMEOUT_SECONDS, 431 for one over MAX_HEADER_BYTES; the connection is closed.",
+            "REQUEST_READ_TIMEOUT_SECONDS, 431 for one over MAX_HEADER_BYTES, 503 past "
+            "MAX_CONCURRENT_REQUESTS; the connection is closed.",
             ["reason"],
             registry=registry,
         )

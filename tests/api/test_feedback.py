@@ -234,8 +234,11 @@ def test_online_gauges_and_feedback_counters_start_defined(api_registry):
 
 
 def test_the_feedback_log_defaults_to_a_directory_of_the_inference_log():
-    assert Settings(model_uri="m", inference_log_dir="/logs").feedback_log == Path("/logs/feedback")
-    assert Settings(model_uri="m", inference_log_dir="/logs", feedback_log_dir="/fb").feedback_log == Path(
-        "/fb"
+    assert Settings(model_uri="m", inference_log_dir="/logs").feedback_log == "/logs/feedback"
+    assert Settings(model_uri="m", inference_log_dir="/logs", feedback_log_dir="/fb").feedback_log == "/fb"
+    assert Settings(model_uri="m", inference_log_dir="s3://b/logs/").feedback_log == "s3://b/logs/feedback"
+    assert (
+        Settings(model_uri="m", inference_log_dir="s3://b/logs?region=eu-west-1").feedback_log
+        == "s3://b/logs/feedback?region=eu-west-1"
     )
     assert Settings(model_uri="m", inference_log_dir="").feedback_log is None  # `INFERENCE_LOG_DIR=`: off

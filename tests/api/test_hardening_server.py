@@ -1,12 +1,15 @@
 """Slow and huge clients against the real server (`python -m api`, api/server.py): a head that never ends
 is a 408 that closes, however it trickles, on a new or a kept-alive connection; a head over
-MAX_HEADER_BYTES is a 431 that closes; both are counted, and /health answers throughout."""
+MAX_HEADER_BYTES is a 431 that closes; past MAX_CONCURRENT_REQUESTS a request is a 503 that says when to
+retry. All are counted, name their request like every answer, and /health answers throughout."""
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -20,24 +23,37 @@ MAX_HEADER_BYTES = 4096
 GIVE_UP_SECONDS = 8.0  # well past the deadline: a server without one is still silent then
 
 
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory):
+def server(tmp_path_factory, **settings: str):
     port = free_port()
     env = subprocess_env(
         MODEL_URI=str(tmp_path_factory.mktemp("no-model") / "missing"),  # no model needed for the head
         REQUEST_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT),
         MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
         KEEP_ALIVE_TIMEOUT_SECONDS="30",  # longer than the head deadline: the deadline is what closes
+        **settings,
     )
     log = tmp_path_factory.mktemp("server") / "api.log"
-    with running(
+    return running(
         [sys.executable, "-m", "api", "--port", str(port)],
         log,
         ready_url=f"http://127.0.0.1:{port}/health",
         cwd=REPO_ROOT,
         env=env,
-    ):
-        yield f"http://127.0.0.1:{port}"
+    ), f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory):
+    process, url = server(tmp_path_factory)
+    with process:
+        yield url
+
+
+def named_request(answer: bytes) -> tuple[str, dict]:
+    """The X-Request-ID header of a raw answer, and its JSON body."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    return headers[b"x-request-id"].decode(), json.loads(body)
 
 
 def connect(base_url: str) -> socket.socket:
@@ -84,6 +100,16 @@ def refusals(base_url: str, reason: str) -> float:
     return 0.0
 
 
+def refusals_or_busy(base_url: str) -> float | None:
+    """The concurrency refusals so far, or None while the server is still at its limit."""
+    try:
+        return refusals(base_url, "concurrency_limit")
+    except urllib.error.HTTPError as error:
+        if error.code == 503:
+            return None
+        raise
+
+
 def health(base_url: str) -> int:
     with urllib.request.urlopen(f"{base_url}/health", timeout=5) as response:
         return response.status
@@ -98,7 +124,9 @@ def test_a_head_trickled_past_the_deadline_is_a_408_that_closes(base_url):
     answers = [answer_then_close(half_sent[0], trickle=b"X-Slow: " + b"a" * 200)]
     answers += [answer_then_close(sock) for sock in half_sent[1:]]
     assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers[0]
-    assert b'"detail"' in answers[0]
+    request_id, body = named_request(answers[0])
+    assert body == {"detail": body["detail"], "request_id": request_id} and "did not arrive" in body["detail"]
+    assert len({named_request(answer)[0] for answer in answers}) == len(answers)  # one id each
     assert health(base_url) == 200
     assert refusals(base_url, "head_timeout") >= before + 20
 
@@ -131,9 +159,13 @@ def test_a_head_over_max_header_bytes_is_a_431_that_closes(base_url, streamed):
             except OSError:
                 break
     else:  # the whole request in one write, so that one read may hold it all
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n" + big_header + b"\r\n")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Request-ID: big-1\r\n" + big_header + b"\r\n")
     answer = answer_then_close(sock)
     assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    request_id, body = named_request(answer)
+    assert body["request_id"] == request_id and "exceeds" in body["detail"]
+    if not streamed:  # the whole head arrived, so the client's own id is the answer's
+        assert request_id == "big-1"
     assert health(base_url) == 200
     assert refusals(base_url, "headers_too_large") == before + 1
 
@@ -144,3 +176,29 @@ def test_a_head_within_the_limit_is_served(base_url):
         b"GET /health HTTP/1.1\r\nHost: test\r\nX-Fine: " + b"c" * 1000 + b"\r\nConnection: close\r\n\r\n"
     )
     assert answer_then_close(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_past_max_concurrent_requests_a_request_is_a_503_that_names_it_and_says_when_to_retry(
+    tmp_path_factory,
+):
+    process, url = server(tmp_path_factory, MAX_CONCURRENT_REQUESTS="3")
+    with process:
+        before = refusals(url, "concurrency_limit")
+        held = [connect(url) for _ in range(3)]  # open connections count against the limit in uvicorn
+        try:
+            sock = connect(url)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Request-ID: busy-1\r\n\r\n")
+            answer = answer_then_close(sock)
+        finally:
+            for connection in held:
+                connection.close()
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:100]
+        assert b"\r\nretry-after: 1\r\n" in answer.lower()
+        request_id, body = named_request(answer)
+        assert request_id == "busy-1" and body == {"detail": body["detail"], "request_id": "busy-1"}
+        assert "MAX_CONCURRENT_REQUESTS" in body["detail"]
+        # Once the server has seen the held connections close, it serves again.
+        deadline = time.monotonic() + GIVE_UP_SECONDS
+        while refusals_or_busy(url) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert refusals_or_busy(url) == before + 1

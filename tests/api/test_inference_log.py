@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
 from datetime import date, timedelta
 
+import boto3
 import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from api import inference_log
+from api import inference_log, log_store
 from api.settings import Settings
 from tests.api.support import metric, metric_samples, read_log, serving, wait_until
+from tests.support.services import moto_server
 
 pytestmark = pytest.mark.slow
 
@@ -63,17 +66,18 @@ def test_the_log_holds_every_record_of_a_run_with_its_ids_and_reads_back_while_w
 def test_a_file_is_only_visible_once_complete(tmp_path, monkeypatch):
     written = threading.Event()
     release = threading.Event()
-    original = inference_log.pq.write_table
+    original = log_store.pq.write_table
 
     def slow_write(table, where, **kwargs):
         original(table, where, **kwargs)
         written.set()
         release.wait(30)
 
-    monkeypatch.setattr(inference_log.pq, "write_table", slow_write)
+    monkeypatch.setattr(log_store.pq, "write_table", slow_write)
     path = tmp_path / "model_name=m" / "model_version=1" / "date=2026-01-01" / "00-x.parquet"
     table = inference_log.pa.table({"request_id": ["a"], "probability": [0.5]})
-    writer = threading.Thread(target=inference_log.write_parquet, args=(table, path))
+    store = log_store.LogStore.of(str(tmp_path))
+    writer = threading.Thread(target=store.write, args=(table, str(path.relative_to(tmp_path))))
     writer.start()
     try:
         assert written.wait(30)
@@ -89,7 +93,7 @@ def test_a_file_is_only_visible_once_complete(tmp_path, monkeypatch):
 def blocked_writer(monkeypatch):
     """The writer, stubbed to block forever on its first file, until the test sets the event it yields."""
     release = threading.Event()
-    monkeypatch.setattr(inference_log, "write_parquet", lambda table, path: release.wait())
+    monkeypatch.setattr(inference_log, "write_parquet", lambda table, filesystem, path: release.wait())
     yield release
     release.set()
 
@@ -115,7 +119,7 @@ def test_a_full_queue_drops_and_counts_while_requests_complete(api_registry, tmp
 
 
 def test_a_write_error_is_counted_and_fails_no_request(api_registry, tmp_path, monkeypatch):
-    def failing(table, path):
+    def failing(table, filesystem, path):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(inference_log, "write_parquet", failing)
@@ -151,13 +155,13 @@ def test_retention_deletes_the_old_date_partitions(api_registry, tmp_path):
 
 def test_retention_counts_days_back_from_today(tmp_path):
     writer = inference_log.LogWriter(
-        tmp_path, "inference", flush_seconds=1, flush_rows=1, retention_days=2, max_queued_rows=1,
+        log_store.LogStore.of(str(tmp_path)), "inference", flush_seconds=1, flush_rows=1, retention_days=2, max_queued_rows=1,
         written=None, dropped=None, errors=None,
     )  # fmt: skip
     for day in ("2026-03-01", "2026-03-02", "2026-03-03"):
         (tmp_path / "model_name=m" / "model_version=1" / f"date={day}").mkdir(parents=True)
     deleted = writer.enforce_retention(today=date(2026, 3, 4))
-    assert [path.name for path in deleted] == ["date=2026-03-01"]
+    assert [path.rsplit("/", 1)[-1] for path in deleted] == ["date=2026-03-01"]
 
 
 def test_without_a_directory_nothing_is_logged(api_registry):
@@ -168,6 +172,81 @@ def test_without_a_directory_nothing_is_logged(api_registry):
 
 
 @pytest.mark.parametrize("variable", ["inference_log_dir", "feedback_log_dir"])
-def test_an_object_store_uri_is_refused_for_now(variable):
-    with pytest.raises(ValidationError, match="local directory"):
-        Settings(model_uri="models/m", **{variable: "s3://bucket/inference"})
+@pytest.mark.parametrize(
+    ("location", "refusal"),
+    [("gs://bucket/inference", "local directory or an s3://"), ("s3:///inference", "names no bucket")],
+)
+def test_a_location_the_service_cannot_write_is_refused_at_start(variable, location, refusal):
+    with pytest.raises(ValidationError, match=refusal):
+        Settings(model_uri="models/m", **{variable: location})
+
+
+@pytest.fixture
+def s3_bucket(tmp_path, monkeypatch) -> Iterator[str]:
+    """A bucket on a real S3 API on loopback (moto), and the AWS variables the service reads it with."""
+    url, server = moto_server(tmp_path / "moto.log")
+    with server:
+        variables = {"AWS_ENDPOINT_URL": url, "AWS_DEFAULT_REGION": "us-east-1"}
+        for name, value in {
+            **variables,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+        }.items():
+            monkeypatch.setenv(name, value)
+        boto3.client("s3").create_bucket(Bucket="logs")
+        yield "logs"
+
+
+def test_both_logs_go_to_s3_keep_their_layout_and_retention_and_read_back_while_written(
+    api_registry, s3_bucket
+):
+    location = f"s3://{s3_bucket}/production/inference"
+    store = log_store.LogStore.of(location)
+    old_day = (pd.Timestamp.now(tz="UTC").date() - timedelta(days=31)).isoformat()
+    old_partition = f"model_name={api_registry.model_name}/model_version=0/date={old_day}"
+    store.write(inference_log.pa.table({"request_id": ["old"]}), f"{old_partition}/00-old.parquet")
+    settings = api_registry.settings(
+        inference_log_dir=location, inference_log_flush_seconds=0.05, inference_log_retention_days=30
+    )
+    this_model = f"{store.root}/model_name={api_registry.model_name}"
+
+    def read_with_pandas() -> pd.DataFrame:  # what an analyst runs against the bucket
+        frame = pd.read_parquet(this_model, filesystem=store.filesystem, partitioning="hive")
+        return frame[frame["model_version"].astype(str) != "0"] if len(frame) else frame
+
+    rows = api_registry.rows(20)
+    answers, seen_while_running = {}, []
+    with serving(settings) as client:
+        for index, row in enumerate(rows):
+            answer = client.post("/predict", json=row, headers={"X-Request-ID": f"s3-{index}"}).json()
+            answers[answer["request_id"]] = answer
+            if index % 5 == 4:
+                seen_while_running.append(len(read_with_pandas()))
+        feedback = client.post("/feedback", json={"request_id": "s3-0", "label": answers["s3-0"]["label"]})
+        assert feedback.json()["matched"] == 1
+        wait_until(
+            lambda: len(read_with_pandas()) == len(rows), timeout=30, what="every record in the bucket"
+        )
+        feedback_store = log_store.LogStore.of(settings.feedback_log)
+        wait_until(lambda: feedback_store.read().num_rows == 1, timeout=30, what="the feedback in the bucket")
+        wait_until(
+            lambda: old_partition not in str(store.date_partitions()), timeout=30, what="the retention"
+        )
+        version = client.get("/model").json()["version"]
+    logged = read_with_pandas()
+    assert seen_while_running == sorted(seen_while_running)
+    assert dict(zip(logged["request_id"], logged["probability"], strict=True)) == {
+        request_id: answer["probability"] for request_id, answer in answers.items()
+    }
+    assert set(logged["model_version"].astype(str)) == {version}
+    assert feedback_store.read().column("request_id").to_pylist() == ["s3-0"]
+    # The inference log's reader does not take the feedback log, which sits inside its prefix.
+    assert store.read().num_rows == len(rows)
+    keys = [
+        item["Key"]
+        for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=s3_bucket)
+        for item in page.get("Contents", [])
+    ]
+    files = [key for key in keys if not key.endswith("/")]  # the retention leaves its parents' markers
+    assert files and all(FILE_NAME.fullmatch(key.rsplit("/", 1)[-1]) for key in files)  # none left hidden
+    assert all(key.startswith("production/inference/model_name=") or "/feedback/" in key for key in files)

@@ -16,7 +16,7 @@ import yaml
 
 from tests.support.pipeline import PipelineRun, run, trained_and_promoted
 from tests.support.processes import REPO_ROOT, free_port, running, subprocess_env, wait_for_http
-from tests.support.services import mlflow_server
+from tests.support.services import mlflow_server, moto_server
 
 BUCKET = "fast-mlops"  # .dvc/config's remote url and compose's artifacts destination
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -28,13 +28,6 @@ class Shared:
     s3_url: str
     mlflow_url: str
     pipeline: PipelineRun
-
-
-def moto_server(log: Path, **env: str):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    return url, running(args, log, f"{url}/moto-api/", timeout=60, env=subprocess_env(**env))
 
 
 def without_s3_keys(**overrides: str) -> dict[str, str]:

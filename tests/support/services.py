@@ -1,7 +1,8 @@
-"""PostgreSQL databases and MLflow tracking servers, started for real."""
+"""PostgreSQL databases, MLflow tracking servers and an S3 API (moto), started for real."""
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -109,3 +110,11 @@ def _auth_config(workdir: Path, admin_password: str | None) -> Iterator[dict[str
             "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,
         }
+
+
+def moto_server(log: Path, **env: str):
+    """moto in server mode on loopback, a real S3 API: (its URL, the running process's context)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    return url, running(args, log, f"{url}/moto-api/", timeout=60, env=subprocess_env(**env))
