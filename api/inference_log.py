@@ -369,8 +369,6 @@ def _inference_stream(model: ServedModel) -> Stream:
             [
                 suffixed(request_id, rows),
                 repeated_timestamp(at, rows),
-                # from_pandas: a numeric column may come as the float64 array the predictor took, where
-                # NaN stands for a missing value (JSON has no NaN): null in the file, as from a list.
                 *(_column(column, values[column.name], codes, by_code) for column in features),
                 pa.array(np.asarray(probabilities, dtype=np.float64)),
                 # Each row's label picked from the two in C++ (10 µs per 1,000 rows, not 57 for a list).
@@ -430,9 +428,7 @@ def _from_codes(values: Any, codes: np.ndarray, book: CodeBook) -> pa.Array | No
         # category, or a client may send the fill's text): only when that column holds exactly the
         # missing values does it mean missing.
         at_fill = codes == fill
-        if int(np.count_nonzero(at_fill)) != (values if isinstance(values, list) else list(values)).count(
-            None
-        ):
+        if int(np.count_nonzero(at_fill)) != _nones(values):
             return None
         nulls |= at_fill
     indices = np.where(nulls, missing, codes)
@@ -443,3 +439,7 @@ def _from_codes(values: Any, codes: np.ndarray, book: CodeBook) -> pa.Array | No
         indices[unseen] = missing + 1 + np.arange(unseen.size)
     column: pa.Array = categories.take(pa.array(indices))
     return column
+
+
+def _nones(values: Any) -> int:
+    return (values if isinstance(values, list) else list(values)).count(None)  # list.count: C, 5 µs
