@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from itertools import chain, groupby
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,11 @@ def timestamps(times: Sequence[float]) -> pa.Array:
     return pa.array(micros, type=TIMESTAMP)
 
 
-def repeated_timestamp(at: float, rows: int) -> pa.Array:
-    """`timestamps([at] * rows)`, without the list: 12 µs per 1,000 rows, not 45. (int() truncates the
-    same float64 product toward zero, as astype(np.int64) does.)"""
-    return pa.array(np.full(rows, int(at * 1e6), dtype=np.int64), type=TIMESTAMP)
+def repeated_timestamps(times: Sequence[float], rows: Sequence[int]) -> pa.Array:
+    """`timestamps` of each time repeated its number of rows, without the list: 12 µs per 1,000 rows,
+    not 45."""
+    micros = (np.asarray(times, dtype=np.float64) * 1e6).astype(np.int64)
+    return pa.array(np.repeat(micros, rows), type=TIMESTAMP)
 
 
 class SuffixedIds:
@@ -101,6 +103,17 @@ class SuffixedIds:
         if len(self._digits) < rows:
             self._digits = pa.array([str(index) for index in range(max(rows, 2 * len(self._digits)))])
         joined: pa.Array = pc.binary_join_element_wise(request_id + "-", self._digits[:rows], "")
+        return joined
+
+    def many(self, request_ids: Sequence[str], rows: Sequence[int]) -> pa.Array:
+        """The ids of several batches, one after the other."""
+        if len(request_ids) == 1:
+            return self(request_ids[0], rows[0])
+        self(request_ids[0], max(rows))  # the digits, long enough
+        prefixes = pa.array([request_id + "-" for request_id in request_ids], type=pa.string())
+        repeated = prefixes.take(pa.array(np.repeat(np.arange(len(rows)), rows)))
+        digits = pa.concat_arrays([self._digits[:count] for count in rows])
+        joined: pa.Array = pc.binary_join_element_wise(repeated, digits, "")
         return joined
 
 
@@ -335,18 +348,13 @@ def _inference_stream(model: ServedModel) -> Stream:
     )
 
     def build(entries: Entries) -> pa.Table:
-        # Records sent one by one arrive as runs between batches: each run is one from_pylist.
-        tables, run = [], []
-        for at, payload in entries:
-            if payload[0] is RECORD:
-                run.append((at, payload))
-                continue
-            if run:
-                tables.append(_records(run))
-                run = []
-            tables.append(_batch(at, payload))
-        if run:
-            tables.append(_records(run))
+        # Records sent one by one, and batches, arrive in runs of their kind: each run becomes one table,
+        # in one pyarrow call per column. Per batch, those calls' own overhead was about half of its
+        # table: measured, 20 batches of 1,000 rows took 9.3 ms as 20 tables, 3.3-4.7 ms as one.
+        tables = []
+        for kind, grouped in groupby(entries, key=lambda entry: entry[1][0]):
+            run = list(grouped)
+            tables.append(_records(run) if kind == RECORD else _batches(run))
         return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
 
     def _records(run: list[tuple[float, Any]]) -> pa.Table:
@@ -362,17 +370,22 @@ def _inference_stream(model: ServedModel) -> Stream:
             schema=schema,
         )
 
-    def _batch(at: float, payload: Any) -> pa.Table:
-        _, request_id, values, probabilities, positive, codes = payload
-        rows = len(probabilities)
+    def _batches(run: list[tuple[float, Any]]) -> pa.Table:
+        payloads = [payload for _, payload in run]
+        rows = [len(payload[3]) for payload in payloads]
+        codes = [payload[5] for payload in payloads]
+        positive = np.concatenate([np.asarray(payload[4], dtype=np.bool_) for payload in payloads])
         return pa.Table.from_arrays(
             [
-                suffixed(request_id, rows),
-                repeated_timestamp(at, rows),
-                *(_column(column, values[column.name], codes, by_code) for column in features),
-                pa.array(np.asarray(probabilities, dtype=np.float64)),
+                suffixed.many([payload[1] for payload in payloads], rows),
+                repeated_timestamps([at for at, _ in run], rows),
+                *(
+                    _column(column, [payload[2][column.name] for payload in payloads], codes, by_code)
+                    for column in features
+                ),
+                pa.array(np.concatenate([np.asarray(payload[3], dtype=np.float64) for payload in payloads])),
                 # Each row's label picked from the two in C++ (10 µs per 1,000 rows, not 57 for a list).
-                label_values.take(pa.array(np.asarray(positive, dtype=np.bool_).view(np.uint8))),
+                label_values.take(pa.array(positive.view(np.uint8))),
             ],
             schema=schema,
         )
@@ -403,16 +416,22 @@ def _categories_by_code(model: ServedModel) -> dict[str, CodeBook]:
     return books
 
 
-def _column(field: pa.Field, values: Any, codes: Codes | None, by_code: dict[str, CodeBook]) -> pa.Array:
-    """One feature's column of a batch, as received. A numeric one may come as the float64 array the
-    predictor took, where NaN stands for a missing value (JSON has no NaN): null in the file, as from a
-    list (from_pandas). A categorical one is taken from the codes the predictor found for it, when it left
-    them, by one `take` in C++ (about 10 µs per 1,000 rows): converting 1,000 Python strings costs 30-45 µs
-    of the writer's GIL per feature, the largest part of a batch's table before."""
-    book = by_code.get(field.name) if codes is not None else None
-    found = codes.get(field.name) if codes is not None else None
-    if book is not None and found is not None:
-        column = _from_codes(values, found, book)
+def _column(
+    field: pa.Field, parts: list[Any], codes: list[Codes | None], by_code: dict[str, CodeBook]
+) -> pa.Array:
+    """One feature's column of some batches (its values in each, `parts`), as received. A numeric one may
+    come as the float64 arrays the predictor took, where NaN stands for a missing value (JSON has no NaN):
+    null in the file, as from a list (from_pandas). A categorical one is taken from the codes the
+    predictor found for it, when it left them for every batch, by one `take` in C++ (about 10 µs per
+    1,000 rows): converting 1,000 Python strings costs 30-45 µs of the writer's GIL per feature, the
+    largest part of a batch's table before."""
+    if all(isinstance(part, np.ndarray) for part in parts):
+        return pa.array(np.concatenate(parts), type=field.type, from_pandas=True)
+    values = parts[0] if len(parts) == 1 else list(chain.from_iterable(parts))
+    book = by_code.get(field.name)
+    found = [batch[field.name] for batch in codes if batch is not None and field.name in batch]
+    if book is not None and len(found) == len(codes):
+        column = _from_codes(values, np.concatenate(found) if len(found) > 1 else found[0], book)
         if column is not None:
             return column
     return pa.array(values, type=field.type, from_pandas=True)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pyarrow as pa
 
 from api.fast import FastPredictor
-from api.inference_log import BATCH, _inference_stream
+from api.inference_log import BATCH, RECORD, _inference_stream
 from api.loading import load_registered
 from api.predictor import columns_of
 from api.registry import resolve_alias
@@ -35,17 +36,35 @@ def test_a_batch_from_codes_and_arrays_is_the_table_of_its_lists(api_registry):
         rows += [row | {name: texts[0]} for row in rows[:4]] if texts else []
     stream = _inference_stream(model)
     at = time.time()
-    for start in range(0, len(rows), 97):
+    entries, references = [], []
+    for number, start in enumerate(range(0, len(rows), 97)):
         lists = columns_of(rows[start : start + 97], model.requests.columns.order)
         arrays = numeric_arrays(lists, model)
-        codes: dict[str, np.ndarray] = {}
+        codes: dict[str, np.ndarray] | None = {}
         prepared, _ = model.predictor.prepare(arrays, codes)
         probabilities = model.predictor.score(prepared)
         positive = probabilities > model.threshold
-        built = stream.build([(at, (BATCH, f"b{start}", arrays, probabilities, positive, codes))])
-        reference = stream.build([(at, (BATCH, f"b{start}", lists, probabilities, positive, None))])
+        if number % 4 == 3:
+            codes = None  # a batch whose codes were not asked for, between others
+        entries.append((at + number, (BATCH, f"b{start}", arrays, probabilities, positive, codes)))
+        reference = stream.build([(at + number, (BATCH, f"b{start}", lists, probabilities, positive, None))])
+        references.append(reference)
+        built = stream.build(entries[-1:])
         assert built.schema == reference.schema == stream.schema
         assert built.equals(reference)
         assert built["request_id"].to_pylist() == [f"b{start}-{i}" for i in range(len(positive))]
         for name in metadata["numeric"]:  # a missing number is null in both, not NaN
             assert built[name].null_count == sum(value is None for value in lists[name])
+    # A writer's pass takes many batches (and records between them) at once: the same rows, in order.
+    record = (
+        RECORD,
+        "one",
+        tuple(rows[0][name] for name in model.requests.columns.order),
+        model.labels[1],
+        0.5,
+    )
+    record_table = stream.build([(at, record)])
+    mixed = [*entries[:5], (at, record), *entries[5:]]
+    together = stream.build(mixed)
+    expected = pa.concat_tables([*references[:5], record_table, *references[5:]])
+    assert together.schema == stream.schema and together.equals(expected)
