@@ -74,6 +74,13 @@ contract: venv ## your data: SOURCE=data/raw/<file> TARGET=<column> POSITIVE=<la
 repro: venv ## dvc repro (MLflow in mlflow.db unless MLFLOW_TRACKING_URI says otherwise)
 	dvc repro
 
+# Production's labelled feedback, joined to its inference log, as new rows of a new DVC-tracked data
+# version under data/raw; then `dvc repro` (stages/retrain.py). FEEDBACK_LOG_DIR (default
+# INFERENCE_LOG_DIR/feedback) comes from the environment, as the service reads it.
+.PHONY: retrain
+retrain: venv ## INFERENCE_LOG_DIR's labelled feedback -> a new data version (data/raw, DVC) -> dvc repro; never moves production
+	INFERENCE_LOG_DIR=$(INFERENCE_LOG_DIR) python -m stages.retrain
+
 # The shared store: DVC's `storage` remote (.dvc/config; endpoint and keys from the environment or
 # `dvc remote modify --local`). Push and pull check it first, so a wrong endpoint or key is one line.
 .PHONY: storage-check
@@ -126,6 +133,12 @@ plots: venv ## dvc plots show into PLOTS_HTML/index.html, with vendored vega (re
 	cp -r stages/plots/vendor $(PLOTS_HTML)/vendor
 	@echo "plots: open $(PLOTS_HTML)/index.html"
 
+# Evidently's telemetry is off (DO_NOT_TRACK); the report's verdict is in its JSON, never in the exit code.
+.PHONY: drift-report
+drift-report: venv ## the inference log's last DRIFT_REPORT_DAYS (7) vs the training split (Evidently) -> data/reports/drift/latest.{html,json}
+	DO_NOT_TRACK=1 MODEL_NAME=$(MODEL_NAME) MODEL_ALIAS=$(MODEL_ALIAS) INFERENCE_LOG_DIR=$(INFERENCE_LOG_DIR) \
+	  python -m stages.drift_report
+
 .PHONY: serve
 serve: venv ## serve params.yaml's production model on API_HOST:API_PORT (MODEL_NAME, MODEL_ALIAS, MODEL_URI override)
 	$(SERVE)
@@ -167,14 +180,20 @@ pr-comment: venv ## write the PR comment (metric diff, params diff, gate verdict
 	python -m stages.ci.pr_comment --base $(BASE_REF) --output $(PR_COMMENT)
 
 .PHONY: ci
-ci: venv ## what ci.yml runs, in its order, less posting and pushing: reproduce a CI failure here
+ci: venv ## what ci.yml runs, in its order, less posting and pushing, then retrain.yml's dry run: reproduce a CI failure here
 	$(MAKE) test
 	$(MAKE) repro
 	git diff --exit-code dvc.lock || { echo "dvc.lock is stale: run 'make repro' and commit it"; exit 1; }
 	$(MAKE) pr-comment
 	$(MAKE) gate
 	python -m stages.ci.export_model --output $(IMAGE_MODEL_DIR)
+	$(MAKE) retrain-dry-run
 	@echo "ci: passed; the comment is in $(PR_COMMENT), the model to bake in $(IMAGE_MODEL_DIR)"
+
+# retrain.yml less its pull request, in a scratch copy on synthetic logs: the working tree is not touched.
+.PHONY: retrain-dry-run
+retrain-dry-run: venv ## retrain.yml's steps (drift-report, decide, retrain, dvc push to a local remote), no PR, in a scratch copy
+	python -m tests.retraining.dry_run
 
 .PHONY: deploy
 deploy: venv ## CD: promote staging, roll out IMAGE, verify DEPLOY_URL, roll back on failure

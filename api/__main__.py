@@ -1,5 +1,11 @@
-"""`python -m api --host H --port P`: one process, uvicorn with uvloop + httptools and the limits of
-api/server.py.
+"""`python -m api --host H --port P`: uvicorn with uvloop + httptools and the limits of api/server.py, in
+WORKERS processes (default 1) behind the one port.
+
+Several workers run under uvicorn's own supervisor (`workers=`), which restarts one that dies; each loads
+the model and follows the alias on its own, and the metrics go through prometheus_client's multiprocess
+mode (api/telemetry.py). WORKERS wins over uvicorn's WEB_CONCURRENCY, which is ignored: every worker holds
+a model of its own, so how many there are is the service's setting, not a platform's guess (Heroku-like
+platforms set WEB_CONCURRENCY from the machine's size).
 
 The process defaults (one OpenMP thread, MLflow's retries, no access log) are applied by importing `api`
 and by create_app, for this and every other way of starting the service (api/process.py).
@@ -11,6 +17,10 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from api.settings import Settings
 
 
 def main() -> None:
@@ -36,23 +46,36 @@ def main() -> None:
 
     import uvicorn
 
-    from api.server import guarded_protocol
     from api.settings import Settings
+    from api.telemetry import multiprocess_directory
 
     settings = Settings()  # after MODEL_URI is known: without it, MODEL_NAME and MODEL_ALIAS are required
-    uvicorn.run(
-        "api.main:create_app",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        loop="uvloop",
-        # httptools, with a deadline and a size limit for the request head (api/server.py).
-        http=guarded_protocol(settings.request_read_timeout_seconds, settings.max_header_bytes),
-        timeout_keep_alive=settings.keep_alive_timeout_seconds,
-        limit_concurrency=settings.max_concurrent_requests,
-        workers=1,
-        log_level=args.log_level,
-    )
+    if os.environ.get("WEB_CONCURRENCY"):
+        logging.getLogger(__name__).warning(
+            "WEB_CONCURRENCY is ignored: WORKERS=%d worker(s) start", settings.workers
+        )
+    with multiprocess_directory(settings.workers):  # before any worker starts
+        uvicorn.run(**uvicorn_options(settings, args.host, args.port, args.log_level))
+
+
+def uvicorn_options(settings: Settings, host: str | None, port: int | None, log_level: str) -> dict[str, Any]:
+    from api.server import PROTOCOL
+
+    return {
+        "app": "api.main:create_app",
+        "factory": True,
+        "host": host or settings.host,
+        "port": port or settings.port,
+        "loop": "uvloop",
+        # httptools, with a deadline and a size limit for the request head (api/server.py). By name: the
+        # config is pickled into each worker, and the protocol reads its limits from the settings there.
+        "http": PROTOCOL,
+        "timeout_keep_alive": settings.keep_alive_timeout_seconds,
+        "limit_concurrency": settings.max_concurrent_requests,
+        # Always a number: uvicorn reads WEB_CONCURRENCY only when it is given none.
+        "workers": settings.workers,
+        "log_level": log_level,
+    }
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ class RequestMetrics:
         self.excluded = frozenset(excluded)
         self._handlers: dict[str, str] = {}
         self._series: dict[tuple[str, str], _Series] = {}
+        self._worker = telemetry.worker_requests  # multiprocess mode only
 
     def handler(self, scope: Scope) -> str:
         """The handler label of a request: its route's template, or `none`."""
@@ -142,6 +143,8 @@ class RequestMetrics:
             series.in_progress.dec()
             series.requests(status).inc()
             series.duration.observe(duration)
+            if self._worker is not None:
+                self._worker.inc()
             if status == CLIENT_DISCONNECTED:
                 self.telemetry.client_disconnects.inc()
             elif status == REQUEST_TIMEOUT:

@@ -22,6 +22,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 DATE_PREFIX = "date="
+PARTITIONS = [
+    pa.field("model_name", pa.string()),
+    pa.field("model_version", pa.string()),
+    pa.field("date", pa.string()),
+]
 SCHEMES = ("s3://",)  # the object stores tested against a real S3 API (moto) in tests/api
 
 
@@ -121,25 +126,22 @@ class LogStore:
             and not info.base_name.startswith(".")
         ]
 
-    def dataset(self) -> ds.Dataset | None:
+    def dataset(self, columns: pa.Schema | None = None) -> ds.Dataset | None:
         """The log's complete files as one pyarrow dataset with the partition columns (model_name,
-        model_version, date), for a reader that filters before it loads; None while there is no file.
+        model_version, date, as text), for a reader that filters before it loads; None while there is
+        no file.
 
-        The schema is the first file's: a reader of several model versions whose features differ
-        filters on `model_version` (or reads one version's directory)."""
+        Without `columns` the schema is the first file's. With them, every file is read as those columns
+        (one that lacks a column, written by a model version with other features, gives nulls)."""
         files = self.files()
         if not files:
             return None
         return ds.dataset(
             files,
+            schema=None if columns is None else pa.schema([*columns, *PARTITIONS]),
             filesystem=self.filesystem,
             format="parquet",
-            partitioning=ds.partitioning(
-                pa.schema(
-                    [("model_name", pa.string()), ("model_version", pa.string()), ("date", pa.string())]
-                ),
-                flavor="hive",
-            ),
+            partitioning=ds.partitioning(pa.schema(PARTITIONS), flavor="hive"),
             partition_base_dir=self.root,
         )
 

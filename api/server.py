@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api import request_ids
+from api.settings import Settings
 
 MAX_TICK_SECONDS = 0.25
 HEAD_TIMEOUT = "head_timeout"
@@ -49,10 +50,15 @@ _STATUS_LINES = {
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """Set by `guarded_protocol`: the head's deadline and size limit."""
+    """uvicorn's `http=`, given by name (`PROTOCOL`). With WORKERS > 1 uvicorn pickles its config into
+    each worker it spawns, and a class made at run time does not pickle (pickle finds a class by its
+    name): this one is imported in the worker instead, and reads its limits, the head's deadline and size,
+    once per process from the settings of the environment the worker inherits
+    (REQUEST_READ_TIMEOUT_SECONDS, MAX_HEADER_BYTES): the same the parent validated before it started."""
 
     head_timeout: ClassVar[float] = 10.0
     max_header_bytes: ClassVar[int] = 16 * 1024
+    limits_read: ClassVar[bool] = False
     _reapers: ClassVar[dict[asyncio.AbstractEventLoop, asyncio.Task[None]]] = {}
 
     # The loop time the current head began (None while a request is being served), and its bytes so far.
@@ -60,6 +66,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if not self.limits_read:
+            _read_limits(type(self))
         super().connection_made(transport)
         self.head_started, self.head_bytes = self.loop.time(), 0
         reaper = self._reapers.get(self.loop)
@@ -172,10 +180,11 @@ async def _reap(connections: set[Any], head_timeout: float, loop: asyncio.Abstra
                     connection.refuse(408, HEAD_TIMEOUT, detail)
 
 
-def guarded_protocol(head_timeout: float, max_header_bytes: int) -> type[GuardedHttpToolsProtocol]:
-    """The protocol class for uvicorn's `http=` with these limits."""
-    return type(
-        "GuardedHttpToolsProtocol",
-        (GuardedHttpToolsProtocol,),
-        {"head_timeout": head_timeout, "max_header_bytes": max_header_bytes},
-    )
+PROTOCOL = f"{__name__}:{GuardedHttpToolsProtocol.__name__}"
+
+
+def _read_limits(protocol: type[GuardedHttpToolsProtocol]) -> None:
+    settings = Settings()
+    protocol.head_timeout = settings.request_read_timeout_seconds
+    protocol.max_header_bytes = settings.max_header_bytes
+    protocol.limits_read = True

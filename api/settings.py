@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(
         default=256, ge=1, description="Requests one process serves at once (503 beyond)."
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Worker processes `python -m api` starts behind its one port, under uvicorn's own "
+        "supervisor; each loads the model and follows the alias. WORKERS wins: WEB_CONCURRENCY is ignored.",
+    )
     keep_alive_timeout_seconds: int = Field(
         default=5, ge=1, description="How long an idle kept-alive connection stays open (whole seconds)."
     )

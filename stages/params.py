@@ -62,6 +62,8 @@ class Paths(Block):
     plots: Path
     predictions: Path
     registered: Path
+    retrain: Path
+    retrain_batch: Path
 
 
 class Read(Block):
@@ -335,6 +337,17 @@ class Drift(Block):
         return self
 
 
+class Retrain(Block):
+    """`make retrain`: what a batch of labelled feedback must be before it is appended to the data. Its
+    label balance is checked against `validate.positive_fraction`, the same band as the splits'."""
+
+    # Fewer new rows than this are not worth a retrain (and their balance is noise).
+    min_rows: Annotated[int, Field(ge=1)] = 200
+    # Feedback whose request id has no logged prediction has no features. Some is expected (the
+    # inference log's retention deleted it, or a full queue dropped it); much means ids are wrong.
+    max_unknown_fraction: Fraction = 0.1
+
+
 class Params(Block):
     paths: Paths
     data: Data
@@ -348,6 +361,7 @@ class Params(Block):
     mlflow: Mlflow
     quality: Quality
     drift: Drift
+    retrain: Retrain = Retrain()
 
     @model_validator(mode="after")
     def _columns_exist(self) -> Params:

@@ -1,13 +1,15 @@
-"""prepare: read the raw source, normalise it, write a seeded, stratified train/val/test split."""
+"""prepare: read the raw source, normalise it, write a seeded train/val/test split that is stable as data grows."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
 import keyword
+import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -109,23 +111,48 @@ def read_raw(file: Path, read: Read) -> pd.DataFrame:
     return normalise(read_table(file, read), read)
 
 
+# What stands for a missing value in a row's key: no value of a column can be it.
+_MISSING_KEY = "\x00"
+
+
+def _canonical(value: object) -> str:
+    """One text per value, whatever dtype the column was read with: 42, 42.0 and np.int64(42) are all
+    "42", so a column that gains a missing value (and so becomes float) keeps its rows' keys."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return _MISSING_KEY
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        return str(int(number)) if number.is_integer() else repr(number)
+    return str(value)
+
+
+def split_positions(frame: pd.DataFrame, seed: int) -> np.ndarray:
+    """Each row's place in [0, 1): the first 8 bytes of sha256(seed, the row's column names and values).
+    It depends on that row alone, so appending rows moves none, and identical rows share it."""
+    columns = sorted(frame.columns)
+    keys = pd.Series(f"{seed}", index=frame.index, dtype=object)
+    for column in columns:
+        keys = keys + f"\x1e{column}\x1f" + frame[column].map(_canonical).astype(object)
+    digests = [hashlib.sha256(key.encode()).digest()[:8] for key in keys]
+    return np.array([int.from_bytes(digest, "big") for digest in digests], dtype=np.float64) / 2.0**64
+
+
 def split(
-    frame: pd.DataFrame, target: str, val_fraction: float, test_fraction: float, seed: int
+    frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, pd.DataFrame]:
-    """Stratified split of the distinct rows; identical rows always land in the same split, so the
-    evaluation never scores a row the model was trained on."""
-    row_key = pd.util.hash_pandas_object(frame, index=False)
-    distinct = frame[~row_key.duplicated()]
-    rest, test = train_test_split(
-        distinct, test_size=test_fraction, stratify=distinct[target], random_state=seed
+    """test below test_fraction, validation up to test_fraction + val_fraction, train above, by each row's
+    seeded position (split_positions). A row's split is a function of the row: it stays where it was
+    when rows are appended, and identical rows always land together, so the evaluation never scores a
+    row the model was trained on. Not stratified: each split's label balance is the data's up to
+    sampling noise (about ±0.5 points on Adult's 7,300 test rows)."""
+    position = split_positions(frame, seed)
+    assigned = np.where(
+        position < test_fraction, "test", np.where(position < test_fraction + val_fraction, "val", "train")
     )
-    train, val = train_test_split(
-        rest, test_size=val_fraction / (1 - test_fraction), stratify=rest[target], random_state=seed
-    )
-    split_of_key = {}
-    for name, part in {"train": train, "val": val, "test": test}.items():
-        split_of_key.update(dict.fromkeys(row_key[part.index], name))
-    assigned = row_key.map(split_of_key)
     return {name: frame[assigned == name] for name in ("train", "val", "test")}
 
 
@@ -165,7 +192,7 @@ def main() -> None:
 
     out = output(params.paths.prepared)
     out.mkdir(parents=True, exist_ok=True)
-    for name, part in split(frame, target, prepare.val_fraction, prepare.test_fraction, prepare.seed).items():
+    for name, part in split(frame, prepare.val_fraction, prepare.test_fraction, prepare.seed).items():
         part.reset_index(drop=True).to_parquet(out / f"{name}.parquet", index=False)
         print(f"prepare: {name}: {len(part)} rows")
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -60,11 +60,10 @@ async def model_card(request: Request) -> Response:
 
 
 # Our own route, not a library's: it documents the answer as Prometheus text, not JSON. A plain `def`, so
-# the collection (it reads /proc) runs in a worker thread.
+# the collection (it reads /proc, and in multiprocess mode every worker's files) runs in a worker thread.
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
 def metrics(request: Request) -> Response:
-    registry = service_of(request).telemetry.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(service_of(request).telemetry.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 def describe(model: ServedModel) -> dict[str, Any]:

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     features = Features.model_validate(features_block)
     prepare = params.prepare
     kept = frame.drop(columns=draft.drop_columns)
-    parts = split(kept, draft.target, prepare.val_fraction, prepare.test_fraction, prepare.seed)
+    parts = split(kept, prepare.val_fraction, prepare.test_fraction, prepare.seed)
     floors, baseline = baseline_floors(parts, features, prepare.seed)
     min_rows = {name: max(1, int(len(part) * MIN_ROWS_SHARE)) for name, part in parts.items()}
     band = {

@@ -8,7 +8,10 @@ endpoint validates the same payload with the same request model and returns a co
 FastAPI itself allows. The servers run side by side and are measured in interleaved rounds, medians
 reported, which keeps the machine's drift out of the ratios. This service runs twice: as `make run` serves
 it (drift monitoring on, every record to the inference log under .bench/inference) and with both off, so
-that the monitoring's cost is measured against itself in the same rounds. Then 1,000-row batches go to this service
+that the monitoring's cost is measured against itself in the same rounds, and once more with WORKERS=2
+(monitoring off as well: "monitoring off" is its one-worker twin). wrk runs pinned to one core
+(--wrk-cpu, the affinity taskset sets), the servers on all of them: on a 2-core machine a second worker
+then has one core to itself at most, and still shares it with the first. Then 1,000-row batches go to this service
 (and to the baseline, interleaved with it) over 4 connections: a few keep one process busy. Server-side
 `model_inference_seconds` comes from the service's own /metrics.
 
@@ -29,6 +32,7 @@ import shutil
 import statistics
 import sys
 import time
+import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +56,7 @@ from tests.support.processes import REPO_ROOT, free_port, running, subprocess_en
 OUTPUT_DIR = REPO_ROOT / ".bench"
 
 SINGLE_ROW_BODIES = 200
+TWO_WORKERS = "this service, 2 workers"
 
 
 # ---------------------------------------------------------------------------------------------- payloads
@@ -117,6 +122,33 @@ def start(stack: ExitStack, server: Server, env: dict[str, str]) -> None:
     )
 
 
+def wait_for_workers(base: str, count: int, timeout: float = 180) -> None:
+    """Until `count` workers each serve a model: /ready answers as soon as one does. The process series
+    carry a pid per live worker, and model_loaded (livemin) is 1 only when every live one has its model."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            lines = response.read().decode().splitlines()
+        pids = {
+            line.split('pid="', 1)[1].split('"', 1)[0]
+            for line in lines
+            if line.startswith("process_start_time_seconds{")
+        }
+        if len(pids) == count and "model_loaded 1.0" in lines:
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"{base}: {count} workers did not all serve a model within {timeout:g}s")
+
+
+def pin_load_generator(cpu: int) -> str:
+    """This process, and so the wrk it starts from now on, on `cpu` alone (the servers, started before,
+    keep every core): what `taskset -c CPU wrk ...` would do, for every wrk run at once."""
+    if cpu < 0 or not hasattr(os, "sched_setaffinity"):
+        return "wrk not pinned"
+    os.sched_setaffinity(0, {cpu})
+    return f"wrk pinned to cpu {cpu}"
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -170,6 +202,9 @@ def main() -> int:
         "off, so that the two monitoring costs are measured in the same rounds",
     )
     parser.add_argument("--no-mlflow", action="store_true", help="leave out the slow `mlflow models serve`")
+    parser.add_argument(
+        "--wrk-cpu", type=int, default=0, help="the one core wrk runs on (-1: any), the servers on every core"
+    )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     options = parser.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -244,6 +279,16 @@ def main() -> int:
         complete[0],
         env={"DRIFT_MONITORING": "false"},
     )
+    # Two workers behind one port (api/__main__.py), monitoring off like `unmonitored`, its one-worker twin.
+    two_workers = Server(
+        TWO_WORKERS,
+        service_args,
+        "/ready",
+        "/predict",
+        single,
+        complete[0],
+        env={"DRIFT_MONITORING": "false", "WORKERS": "2"},
+    )
     mlflow = Server(
         MLFLOW,
         [
@@ -285,7 +330,7 @@ def main() -> int:
         )
 
     with ExitStack() as stack:
-        servers = [ours, unmonitored]
+        servers = [ours, unmonitored, two_workers]
         if options.baseline:
             checkout, extra_env = stack.enter_context(baseline_checkout(options.baseline))
             name = f"{BASELINE} ({options.baseline})"
@@ -315,6 +360,8 @@ def main() -> int:
         servers.append(bare)
         for server in servers:
             start(stack, server, env)
+        wait_for_workers(two_workers.base, 2)
+        print(f"bench: {pin_load_generator(options.wrk_cpu)}, the servers on any of {os.cpu_count()} cores")
         for server in servers:
             load(server, options.warmup)
         before = histogram_buckets(f"{ours.base}/metrics", INFERENCE_METRIC)
@@ -334,6 +381,13 @@ def main() -> int:
     results = {server.name: summarise(server) for server in servers}
     results[OURS]["inference_p50_ms"] = inference_p50_ms
     report(results, options, registered.version, served.predictor.kind, OUTPUT_DIR)
+    one, two = results[UNMONITORED], results[TWO_WORKERS]
+    print(
+        f"bench: 2 workers / 1 worker (monitoring off): single rows "
+        f"{two['requests_per_s'] / one['requests_per_s']:.2f}x, {BATCH_ROWS:,}-row batches "
+        f"{two['batch_rows_per_s'] / one['batch_rows_per_s']:.2f}x, on {os.cpu_count()} cores "
+        f"with wrk on one of them: where wrk shares the cores, a second worker cannot show much."
+    )
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -186,7 +187,8 @@ def test_an_integer_column_with_missing_values_is_one_message_per_split_with_the
     assert len(about_age) == 2, lines
     for split, line in zip(("train", "val"), about_age, strict=True):
         assert line.startswith(f"  - [{split}] integer_with_missing_values on column 'age'")
-        assert "0.1 observed, 0 allowed" in line
+        # Every tenth row: 0.1 of the split, or a little more when its size is not a multiple of 10.
+        assert re.search(r"0\.1\d* observed, 0 allowed", line), line
         assert "features.numeric.age with dtype: float64 and a max_missing" in line
 
 
@@ -203,7 +205,8 @@ def test_too_many_missing_values_give_the_observed_and_the_allowed_fraction_and_
 
 
 def test_a_row_count_floor_gives_the_observed_count(workspace):
-    corrupt(workspace, "test", lambda frame: frame.iloc[:150])
+    # Complete rows only: 150 of them could otherwise miss more occupations than max_missing allows.
+    corrupt(workspace, "test", lambda frame: frame.dropna().iloc[:150])
     (line,) = failed_lines(validate(workspace))
     assert line.startswith("  - [test] row_count>=200 on table")
     assert "150 observed, >= 200 allowed" in line and "validate.min_rows.test" in line

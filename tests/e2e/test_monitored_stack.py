@@ -8,7 +8,8 @@ inside this test. Prometheus and Alertmanager run behind basic auth with the web
 monitoring/auth/web_config.py writes, as in compose, and the api with API keys on: clients send one, and
 Prometheus scrapes /metrics with the metrics key written beside them. The test checks that a request without credentials
 is refused, drives traffic and feedback, evaluates every dashboard query, shifts the traffic's age until
-FeatureDrift is delivered, stops the api, and waits for ApiDown to be delivered.
+FeatureDrift is delivered (to the webhook, and through the retrain receiver, api/retrain_dispatch.py, as
+a `repository_dispatch` to a fake GitHub API), stops the api, and waits for ApiDown to be delivered.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from tests.monitoring.native import (
     web_auth,
     webhook_receiver,
 )
+from tests.retraining.fakes import fake_github
+from tests.retraining.fakes import receiver as retrain_receiver
 from tests.support.pipeline import trained_and_promoted
 from tests.support.processes import REPO_ROOT, free_port, require_tool, running, stop, subprocess_env
 from tests.support.services import mlflow_server
@@ -199,8 +202,13 @@ def panels_without_data(
     return missing
 
 
+def dispatched_alerts(body: dict[str, Any]) -> set[str]:
+    """The alert names a repository_dispatch body carries."""
+    return {item["alertname"] for item in body["client_payload"]["alerts"]}
+
+
 @pytest.mark.slow
-def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(tmp_path):
+def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(tmp_path, monkeypatch):
     require_tool("prometheus")
     require_tool("prometheus-alertmanager")
 
@@ -232,9 +240,15 @@ def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(t
             INFERENCE_LOG_DIR=str(tmp_path / "inference"),
         )
         api_args = ["python", "-m", "api", "--host", "127.0.0.1", "--port", str(api_port)]
+        # entrypoint.sh writes it over the retrain receiver's placeholder, as compose sets it.
+        dispatch_port = free_port()
+        monkeypatch.setenv("RETRAIN_DISPATCH_URL", f"http://127.0.0.1:{dispatch_port}/alerts")
 
         with (
             webhook_receiver() as webhook,
+            fake_github() as github,
+            # No rate limit here: an OnlineQualityDrop dispatched first must not hold back FeatureDrift's.
+            retrain_receiver(tmp_path, github, port=dispatch_port, RETRAIN_MIN_INTERVAL_SECONDS="0"),
             running_alertmanager(webhook.url, tmp_path / "alertmanager", auth=auth) as alertmanager,
             running(api_args, tmp_path / "api.log", env=api_env, cwd=REPO_ROOT) as api_process,
         ):
@@ -306,6 +320,17 @@ def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(t
                 receiver, alert = age_drift()[0]
                 assert receiver == "critical", alert
                 assert alert["annotations"]["summary"] and alert["annotations"]["runbook"]
+
+                # ... and through the retrain receiver to GitHub, as one repository_dispatch.
+                def drift_dispatches() -> list[dict[str, Any]]:
+                    bodies = [sent["body"] for sent in github.dispatches()]
+                    return [body for body in bodies if dispatched_alerts(body) == {"FeatureDrift"}]
+
+                wait_until(lambda: drift_dispatches(), 60, what="FeatureDrift's dispatch at the fake GitHub")
+                (dispatch,) = drift_dispatches()
+                assert dispatch["event_type"] == "retrain"
+                dispatched = dispatch["client_payload"]["alerts"]
+                assert "age" in {item["labels"].get("feature") for item in dispatched}, dispatched
 
                 # 4. The fault: the api stops. ApiDown must travel Prometheus -> Alertmanager (with the
                 # alertmanager password) -> webhook.

@@ -55,7 +55,13 @@ def test_the_entrypoint_writes_the_webhook_url_from_the_environment(tmp_path):
     result = render(tmp_path, url)
     assert result.returncode == 0, result.stderr
     rendered = load_yaml(tmp_path / "rendered.yml")
-    urls = {hook["url"] for receiver in rendered["receivers"] for hook in receiver["webhook_configs"]}
+    # The paging receivers post to it; `retrain` to the compose service (tests/retraining/test_dispatch.py).
+    urls = {
+        hook["url"]
+        for receiver in rendered["receivers"]
+        if receiver["name"] != "retrain"
+        for hook in receiver["webhook_configs"]
+    }
     assert urls == {url}
     checked = amtool("check-config", str(tmp_path / "rendered.yml"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -103,10 +109,12 @@ def test_routes_by_severity(labels, receiver):
 
 def test_every_severity_of_the_rules_has_its_own_route():
     routes = load_yaml(ALERTMANAGER_CONFIG)["route"]["routes"]
+    # The retrain route matches by alertname and continues: the severity routes still page for them.
     routed = {
-        re.fullmatch(r'severity="(\w+)"', matcher).group(1)
+        found.group(1)
         for route in routes
         for matcher in route["matchers"]
+        if (found := re.fullmatch(r'severity="(\w+)"', matcher))
     }
     assert {rule["labels"]["severity"] for rule in alerting_rules()} <= routed
 
