@@ -241,8 +241,9 @@ class DriftMonitor:
 
     def numeric_arrays(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
         """The numeric columns as float64 arrays, None as NaN: what the predictors convert them to as well,
-        so that a batch's caller can hand both the same arrays and convert each column once."""
-        return {name: np.array(columns[name], dtype=np.float64) for name, _, _ in self._numeric_batch}
+        so that a batch's caller can hand both the same arrays and convert each column once (columns that
+        are such arrays already, as the prediction route makes them, are taken as they are)."""
+        return {name: np.asarray(columns[name], dtype=np.float64) for name, _, _ in self._numeric_batch}
 
     def read_one_hot(self, positions: Sequence[tuple[str, Mapping[Any, int]]], width: int) -> None:
         """Count the categorical features of later batches off the one-hot matrix the fast predictor

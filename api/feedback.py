@@ -33,7 +33,7 @@ from pydantic_core import PydanticCustomError
 from api.inference_log import Entries, InferenceLog, LogWriter, Stream, arrow_type, timestamps
 from api.loading import ServedModel
 from api.online_metrics import OnlineMetrics
-from api.predictor import ColumnBatch, Label, Row
+from api.predictor import Codes, ColumnBatch, Label, Row
 from api.rejections import Location, issue, key_bound, rejection, unknown_keys
 from api.request_ids import WELL_FORMED
 from api.telemetry import FEEDBACK_RESULTS, Telemetry
@@ -202,10 +202,11 @@ class PredictionRecorder:
         columns: ColumnBatch,
         probabilities: np.ndarray,
         positive: np.ndarray,
+        codes: Codes | None = None,
     ) -> None:
         self.index.add_batch(request_id, probabilities)
         if self.inference_log is not None:
-            self.inference_log.batch(model, request_id, columns, probabilities, positive)
+            self.inference_log.batch(model, request_id, columns, probabilities, positive, codes)
 
 
 @dataclass(frozen=True)

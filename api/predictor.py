@@ -17,14 +17,17 @@ Row = Mapping[str, Any]
 # A batch by column: feature name -> its values, one per row, in order. This is how a batch arrives from the
 # decoder and how both predictors consume it; rows convert with `columns_of`.
 ColumnBatch = Mapping[str, Sequence[Any]]
+# What a predictor's lookups made of a batch's categorical columns, by feature (FastPredictor.prepare).
+Codes = dict[str, np.ndarray]
 
 
 class Predictor(Protocol):
     kind: str
 
-    def prepare(self, columns: ColumnBatch) -> tuple[Any, dict[str, int]]:
+    def prepare(self, columns: ColumnBatch, codes: Codes | None = None) -> tuple[Any, dict[str, int]]:
         """The model's input for a batch, and how many values per feature the model never saw in training.
-        Python work, under the GIL."""
+        Python work, under the GIL. A predictor that looks each categorical value up may leave what it
+        found in `codes` (feature -> an array, one entry per row), for the inference log to reuse."""
         ...
 
     def score(self, prepared: Any) -> np.ndarray:
@@ -80,7 +83,7 @@ class BatchPredictor:
 
     names: tuple[str, ...]
 
-    def prepare(self, columns: ColumnBatch) -> tuple[Any, dict[str, int]]:
+    def prepare(self, columns: ColumnBatch, codes: Codes | None = None) -> tuple[Any, dict[str, int]]:
         raise NotImplementedError
 
     def score(self, prepared: Any) -> np.ndarray:
@@ -103,7 +106,9 @@ class GenericPredictor(BatchPredictor):
         self.known = known
         self.positive_index = positive_index  # the predict_proba column of the positive label
 
-    def prepare(self, columns: ColumnBatch) -> tuple[pd.DataFrame, dict[str, int]]:
+    def prepare(
+        self, columns: ColumnBatch, codes: Codes | None = None
+    ) -> tuple[pd.DataFrame, dict[str, int]]:
         unknown: dict[str, int] = {}
         for name in self.columns.categorical:
             seen = self.known[name]

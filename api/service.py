@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from api.drift import DriftMonitor
 from api.errors import ModelNotReady
 from api.loading import ServedModel, load_local, load_registered
-from api.predictor import ColumnBatch, Label, Row, batch_size
+from api.predictor import Codes, ColumnBatch, Label, Row, batch_size
 from api.redaction import redact
 from api.registry import RegistryVersion, resolve_alias
 from api.settings import Settings
@@ -232,9 +232,11 @@ class ModelService:
             self.telemetry.unknown_categories.labels(feature).inc(count)
         return label, probability
 
-    async def score_batch(self, model: ServedModel, columns: ColumnBatch) -> tuple[np.ndarray, np.ndarray]:
+    async def score_batch(
+        self, model: ServedModel, columns: ColumnBatch, codes: Codes | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Positive-class probabilities and whether each row's label is the positive one, in row order;
-        metrics recorded. Large batches are scored in a worker thread, and only scored there: the booster
+        metrics recorded; the predictor's categorical codes left in `codes` (Predictor.prepare). Large batches are scored in a worker thread, and only scored there: the booster
         releases the GIL, while the encoding would hold it against the requests the event loop is serving
         meanwhile."""
         rows = batch_size(columns)
@@ -246,7 +248,7 @@ class ModelService:
             # Converted once, for the predictor and the drift counts alike (the same float64 arrays either
             # would make of them).
             columns = {**columns, **drift.numeric_arrays(columns)}
-        prepared, unknown = predictor.prepare(columns)
+        prepared, unknown = predictor.prepare(columns) if codes is None else predictor.prepare(columns, codes)
         if rows <= INLINE_BATCH_ROWS:
             probabilities = predictor.score(prepared)
         else:

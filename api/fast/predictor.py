@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from api.predictor import BatchPredictor, ColumnBatch, Row, batch_size
+from api.predictor import BatchPredictor, Codes, ColumnBatch, Row, batch_size
 
 # Positions in the one-hot lookups that set no column: a category never seen in training (counted), and a
 # missing value whose imputed fill was never seen either (not an unknown category).
@@ -93,8 +93,10 @@ class FastPredictor(BatchPredictor):
         off the matrix with these instead of looking every value up a second time."""
         return self._categorical
 
-    def prepare(self, columns: ColumnBatch) -> tuple[np.ndarray, dict[str, int]]:
-        """The encoded float64 matrix (n, width)."""
+    def prepare(self, columns: ColumnBatch, codes: Codes | None = None) -> tuple[np.ndarray, dict[str, int]]:
+        """The encoded float64 matrix (n, width). With `codes`, each categorical feature's one-hot column
+        per row (or UNKNOWN, NO_COLUMN) is left there: the inference log writes the values from them
+        (`one_hot_positions` says which column is which category) without converting every string."""
         n = batch_size(columns)
         matrix = np.zeros((n, self.width), dtype=np.float64)
         if self._numeric:
@@ -115,6 +117,8 @@ class FastPredictor(BatchPredictor):
             if misses:
                 unknown[name] = misses
             positions = np.array(found, dtype=np.intp)
+            if codes is not None:
+                codes[name] = positions
             hit = positions >= 0
             matrix[row_index[hit], positions[hit]] = 1.0
         return matrix, unknown

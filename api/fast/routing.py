@@ -9,11 +9,13 @@ from typing import Any
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 class DirectRoute(APIRoute):
     """FastAPI's handler would solve dependencies and serialise a return value for the endpoint: about
-    30 µs of a 200 µs request, with nothing to do here. With this route class the endpoint is the handler.
+    30 µs of a 200 µs request, with nothing to do here. With this route class the endpoint is the handler,
+    and the route's ASGI app calls it directly (`_direct_app`).
     It stays an APIRoute, so the OpenAPI document lists it with its response models as usual.
 
     Dependencies would never run, and any parameter but the request would never be filled, so an endpoint
@@ -29,6 +31,21 @@ class DirectRoute(APIRoute):
                 f"dependencies (it has parameters {parameters} and "
                 f"{len(self.dependant.dependencies)} dependencies)"
             )
+        if kwargs.get("max_body_size") is None:  # FastAPI's own body limit wraps its app: keep it then
+            self.app = _direct_app(endpoint)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         return self.endpoint
+
+
+def _direct_app(endpoint: Callable[[Request], Coroutine[Any, Any, Response]]) -> ASGIApp:
+    """The endpoint as the route's ASGI app. FastAPI's `request_response` wraps each request in two
+    AsyncExitStacks (for dependencies with yield, which a DirectRoute has none of) and in an exception
+    handler of its own, which looks up the same handlers as the app's ExceptionMiddleware, where an
+    exception raised here goes instead, with the same answer. Measured: about 4 µs of a 80 µs /predict."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        response = await endpoint(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+    return app

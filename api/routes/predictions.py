@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import numpy as np
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -14,6 +15,8 @@ from api import request_ids
 from api.bodies import BodyDeadlines
 from api.fast import DirectRoute
 from api.feedback import PredictionRecorder
+from api.loading import ServedModel
+from api.predictor import Codes, ColumnBatch
 from api.responses import (
     JSON,
     BatchPredictionResponse,
@@ -62,13 +65,25 @@ async def predict_batch(request: Request) -> Response:
     service = service_of(request)
     model = service.require_model()
     body = await body_deadlines_of(request).read(request, service.settings.max_body_bytes)
-    columns = model.requests.parse_batch(body, service.telemetry)
-    probabilities, positive = await service.score_batch(model, columns)
+    columns = numeric_arrays(model.requests.parse_batch(body, service.telemetry), model)
+    recorder = recorder_of(request)
+    codes: Codes | None = {} if recorder.inference_log is not None else None
+    probabilities, positive = await service.score_batch(model, columns, codes)
     registry = model.registry
     request_id = request_ids.of(request.scope)
-    recorder_of(request).batch(model, request_id, columns, probabilities, positive)
+    recorder.batch(model, request_id, columns, probabilities, positive, codes)
     answer = batch_body(request_id, registry.name, registry.version, model.labels, probabilities, positive)
     return Response(answer, media_type=JSON)
+
+
+def numeric_arrays(columns: ColumnBatch, model: ServedModel) -> ColumnBatch:
+    """The batch with its numeric columns as float64 arrays, None as NaN: what the predictor, the drift
+    counts and the inference log each made of the lists before, converted once here (the log's writer
+    thread took 20-30 µs of GIL per list column per 1,000 rows; an array it takes as it is)."""
+    converted: dict[str, Any] = dict(columns)
+    for name in model.requests.columns.numeric:
+        converted[name] = np.array(columns[name], dtype=np.float64)
+    return converted
 
 
 def body_deadlines_of(request: Request) -> BodyDeadlines:

@@ -218,6 +218,9 @@ def test_counting_off_the_one_hot_matrix_counts_what_the_lookups_count(api_regis
         rows += [row | {name: unseen[0]} for row in rows[:7]] if unseen else []
         rows += [row | {name: None} for row in rows[:5]] if meta["nullable"] else []
     assert any(sorted(set(m["allowed"]) - set(m["categories"])) for m in metadata["categorical"].values())
+    # Enough rows to fill the 700-row window and wrap it, whatever the test split's size (since the stable
+    # split, the session's sample gives fewer than 700).
+    rows = rows * (1 + 800 // len(rows))
     bins = feature_bins(metadata)
     by_lookup, by_matrix = DriftMonitor(bins, None, 700, 7), DriftMonitor(bins, None, 700, 7)
     by_matrix.read_one_hot(predictor.one_hot_positions, predictor.width)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -40,7 +41,16 @@ from typing import Any
 from api.telemetry import INFERENCE_SECONDS as INFERENCE_METRIC
 from tests.benchmarks.load import histogram_buckets, histogram_quantile, post_json, wait_until_ready, wrk
 from tests.benchmarks.peers import baseline_checkout, serve_bare
-from tests.benchmarks.report import BARE, BASELINE, BATCH_ROWS, MLFLOW, OURS, UNMONITORED, report
+from tests.benchmarks.report import (
+    BARE,
+    BASELINE,
+    BATCH_ROWS,
+    MLFLOW,
+    OURS,
+    UNMONITORED,
+    UNMONITORED_SUFFIX,
+    report,
+)
 from tests.support.processes import REPO_ROOT, free_port, running, subprocess_env
 
 OUTPUT_DIR = REPO_ROOT / ".bench"
@@ -102,7 +112,7 @@ def start(stack: ExitStack, server: Server, env: dict[str, str]) -> None:
     port = free_port()
     server.base = f"http://127.0.0.1:{port}"
     command = [part.replace("{port}", str(port)) for part in server.args]
-    log = OUTPUT_DIR / f"{server.name.split(' (')[0].replace(' ', '-')}.log"
+    log = OUTPUT_DIR / f"{re.sub(r'[^A-Za-z0-9.]+', '-', server.name).strip('-')}.log"
     began = time.monotonic()
     stack.enter_context(running(command, log, env=env | server.env, cwd=server.cwd))
     wait_until_ready(f"{server.base}{server.ready_path}", timeout=180)
@@ -185,6 +195,12 @@ def main() -> int:
     )
     parser.add_argument("--batch-rounds", type=int, default=3, help="rounds of 1,000-row batches")
     parser.add_argument("--baseline", metavar="REF", help="also measure this service as it was at a git ref")
+    parser.add_argument(
+        "--baseline-monitoring",
+        action="store_true",
+        help="run the baseline as this service runs: monitored (drift and a log of its own) and with both "
+        "off, so that the two monitoring costs are measured in the same rounds",
+    )
     parser.add_argument("--no-mlflow", action="store_true", help="leave out the slow `mlflow models serve`")
     parser.add_argument(
         "--wrk-cpu", type=int, default=0, help="the one core wrk runs on (-1: any), the servers on every core"
@@ -317,17 +333,28 @@ def main() -> int:
         servers = [ours, unmonitored, two_workers]
         if options.baseline:
             checkout, extra_env = stack.enter_context(baseline_checkout(options.baseline))
-            baseline = Server(
-                f"{BASELINE} ({options.baseline})",
-                service_args,
-                "/ready",
-                "/predict",
-                single,
-                complete[0],
-                checkout,
-                extra_env,
-            )
-            servers.append(baseline)
+            name = f"{BASELINE} ({options.baseline})"
+            variants = {name: extra_env}  # as the shared environment leaves it: drift on, no log
+            if options.baseline_monitoring:
+                baseline_log = OUTPUT_DIR / "inference-baseline"
+                shutil.rmtree(baseline_log, ignore_errors=True)
+                variants = {
+                    name: extra_env | monitored | {"INFERENCE_LOG_DIR": str(baseline_log)},
+                    name + UNMONITORED_SUFFIX: extra_env | {"DRIFT_MONITORING": "false"},
+                }
+            for variant, variant_env in variants.items():
+                servers.append(
+                    Server(
+                        variant,
+                        service_args,
+                        "/ready",
+                        "/predict",
+                        single,
+                        complete[0],
+                        checkout,
+                        variant_env,
+                    )
+                )
         if not options.no_mlflow:
             servers.append(mlflow)
         servers.append(bare)
