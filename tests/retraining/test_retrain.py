@@ -175,7 +175,7 @@ def test_production_is_scored_on_the_new_test_split_for_the_reviewer(retrained):
         "metric": "roc_auc",
         "test_rows": test_rows,
         "retrained": metrics["roc_auc"],
-        "production_version": retrained.before["production"],
+        "production_version": str(retrained.before["production"]),
         "production": production["score"],  # as register scored it, on the same new rows
         "error": "",
     }
