@@ -64,6 +64,7 @@ class Paths(Block):
     registered: Path
     retrain: Path
     retrain_batch: Path
+    retrain_production: Path
 
 
 class Read(Block):

@@ -420,11 +420,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     commands.add_parser(
         "score-production",
-        help="JSON: the retrained model and production on the new test split (MLFLOW_TRACKING_URI's registry)",
+        help="the retrained model and production on the new test split (MLFLOW_TRACKING_URI's registry), "
+        "as JSON, printed and written to paths.retrain_production",
     )
     args = parser.parse_args(argv)
     if args.command == "score-production":
-        print(json.dumps(score_production(), indent=2))
+        scored = json.dumps(score_production(), indent=2) + "\n"
+        output(load_params().paths.retrain_production).write_text(scored)  # the PR carries it
+        sys.stdout.write(scored)
         return
     if args.command == "decide":
         for key, value in decide(args.report, args.by_hand).items():

@@ -129,6 +129,37 @@ def params_table(
     return lines
 
 
+def retrain_lines(
+    counts: Mapping[str, Any] | None,
+    base_counts: Mapping[str, Any] | None,
+    production: Mapping[str, Any] | None,
+) -> list[str]:
+    """A retrain's new rows and production on the new test split, when this branch holds a retrain (its
+    retrain.json has rows and differs from the base's); empty otherwise."""
+    if not counts or not counts.get("rows_added") or counts == base_counts:
+        return []
+    lines = [
+        "| new labelled rows | positive | negative | positive share | feedback ids | unknown ids | already in the data |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| " + " | ".join(
+            str(counts.get(key, MISSING))
+            for key in ("rows_added", "positive", "negative", "positive_fraction", "feedback_ids",
+                        "unknown_ids", "already_in_data")
+        ) + " |",
+    ]  # fmt: skip
+    if production and production.get("production") is not None:
+        metric, ours, theirs = production["metric"], production["retrained"], production["production"]
+        lines += [
+            "",
+            f"On the new test split ({production['test_rows']} rows), {metric}: this branch's model "
+            f"{_number(ours)}, production v{production['production_version']} {_number(theirs)} "
+            f"({ours - theirs:+.4f}).",
+        ]
+    elif production:
+        lines += ["", f"Production could not be scored on the new test split: {production.get('error')}."]
+    return lines
+
+
 def verdict_lines(verdict: Verdict, base_label: str) -> list[str]:
     if verdict.passed:
         against = f"and stays within its tolerance of {base_label}" if verdict.has_baseline else ""
@@ -149,8 +180,9 @@ def render(
     params_current: Mapping[str, Any],
     params_baseline: Mapping[str, Any] | None,
     base_label: str = "main",
+    retrain: list[str] | None = None,
 ) -> str:
-    """The whole comment, from already-loaded data: no git, no files."""
+    """The whole comment, from already-loaded data: no git, no files. `retrain`: retrain_lines'."""
     sections = [
         [TITLE],
         verdict_lines(verdict, base_label),
@@ -160,12 +192,18 @@ def render(
     fairness = fairness_table(current, baseline, verdict, base_label)
     if fairness:
         sections += [["### Fairness (test split, by sensitive attribute)"], fairness]
+    if retrain:
+        sections += [["### New data (`make retrain`)"], retrain]
     sections += [
         ["### Params"],
         params_table(params_current, params_baseline, base_label),
         ["<sub>Floors and tolerances live in `params.yaml` under `quality`; `make gate` applies them.</sub>"],
     ]
     return "\n\n".join("\n".join(section) for section in sections) + "\n"
+
+
+def _json_file(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         baseline = load_baseline(args.base, None, params.paths.metrics.as_posix())
         base_params_text = read_at_ref(args.base, "params.yaml")
+        base_retrain_text = read_at_ref(args.base, params.paths.retrain.as_posix())
     except GitError as error:
         print(f"pr-comment: {error}", file=sys.stderr)
         return 2
@@ -187,7 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     verdict = evaluate(current, baseline, params.quality.rules(params.evaluate.slices), args.base)
     base_params = None if base_params_text is None else flatten(yaml.safe_load(base_params_text) or {})
     here_params = flatten(yaml.safe_load((workspace() / "params.yaml").read_text()) or {})
-    markdown = render(verdict, current, baseline, here_params, base_params, base_label=args.base)
+    retrain = retrain_lines(
+        _json_file(workspace() / params.paths.retrain),
+        None if base_retrain_text is None else json.loads(base_retrain_text),
+        _json_file(workspace() / params.paths.retrain_production),
+    )
+    markdown = render(verdict, current, baseline, here_params, base_params, args.base, retrain)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(markdown)

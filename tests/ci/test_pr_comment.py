@@ -141,3 +141,29 @@ def test_main_writes_the_comment_for_a_real_branch(tmp_path, monkeypatch):
     markdown = (tmp_path / "out" / "comment.md").read_text()
     assert "| roc_auc | 0.9300 | 0.9500 | +0.0200 | ≥ 0.9000 | ✅ |\n" in markdown
     assert "| prepare.seed | `1` | `2` |\n" in markdown
+
+
+def test_a_retrain_branch_shows_its_new_rows_and_production_on_the_new_test_split():
+    counts = {"rows_added": 500, "positive": 120, "negative": 380, "positive_fraction": 0.24,
+              "feedback_ids": 510, "unknown_ids": 10, "already_in_data": 0}  # fmt: skip
+    production = {"metric": "roc_auc", "test_rows": 5689, "retrained": 0.9312, "production_version": "7",
+                  "production": 0.9290, "error": ""}  # fmt: skip
+    lines = pr_comment.retrain_lines(counts, {"rows_added": 0}, production)
+    assert lines == [
+        "| new labelled rows | positive | negative | positive share | feedback ids | unknown ids | already in the data |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| 500 | 120 | 380 | 0.24 | 510 | 10 | 0 |",
+        "",
+        "On the new test split (5689 rows), roc_auc: this branch's model 0.9312, production v7 0.9290 (+0.0022).",
+    ]
+    verdict = evaluate(MAIN, MAIN, RULES, "main")
+    markdown = render(verdict, MAIN, MAIN, PARAMS_MAIN, PARAMS_MAIN, "main", lines)
+    assert "### New data (`make retrain`)\n\n" + "\n".join(lines) in markdown
+    # Not a retrain: no rows, or the same retrain as main's.
+    assert pr_comment.retrain_lines({"rows_added": 0}, None, None) == []
+    assert pr_comment.retrain_lines(counts, dict(counts), production) == []
+    assert "New data" not in render(verdict, MAIN, MAIN, PARAMS_MAIN, PARAMS_MAIN, "main")
+    unscored = pr_comment.retrain_lines(
+        counts, None, {**production, "production": None, "error": "no production version"}
+    )
+    assert unscored[-1] == "Production could not be scored on the new test split: no production version."
