@@ -193,11 +193,14 @@ class LogWriter:
     def _run(self) -> None:
         while True:
             stopping = self._stop.wait(POLL_SECONDS)
-            self._drain()
-            self._flush(everything=stopping)
-            if time.monotonic() >= self._next_retention:
-                self._next_retention = time.monotonic() + RETENTION_CHECK_SECONDS
-                self.enforce_retention()
+            try:
+                self._drain()
+                self._flush(everything=stopping)
+                if time.monotonic() >= self._next_retention:
+                    self._next_retention = time.monotonic() + RETENTION_CHECK_SECONDS
+                    self.enforce_retention()
+            except Exception:  # a bug here must cost a pass, not the thread: records would pile up unseen
+                log.exception("the %s log writer's pass failed", self.name)
             if stopping:
                 return
 
@@ -257,20 +260,30 @@ class LogWriter:
         self._written.inc(buffer.rows)
 
     def enforce_retention(self, today: date | None = None) -> list[str]:
-        """Delete the date partitions older than the retention; the ones deleted."""
+        """Delete the date partitions older than the retention; the ones deleted. Each is tried on its own:
+        another worker's writer may delete the same one first."""
         oldest = (today or datetime.now(UTC).date()) - timedelta(days=self.retention_days)
-        deleted = []
+        deleted: list[str] = []
         try:
-            for directory in self.store.date_partitions():
-                try:
-                    day = date.fromisoformat(directory.rsplit("/", 1)[-1].removeprefix(DATE_PREFIX))
-                except ValueError:
-                    continue  # not ours
-                if day < oldest:
-                    self.store.delete(directory)
-                    deleted.append(directory)
+            partitions = self.store.date_partitions()
         except OSError:  # an unreachable store: tried again at the next check, never the writer's end
-            log.exception("the %s log could not apply its retention at %s", self.name, self.store.location)
+            log.exception("the %s log could not list its partitions at %s", self.name, self.store.location)
+            return deleted
+        for directory in partitions:
+            try:
+                day = date.fromisoformat(directory.rsplit("/", 1)[-1].removeprefix(DATE_PREFIX))
+            except ValueError:
+                continue  # not ours
+            if day >= oldest:
+                continue
+            try:
+                self.store.delete(directory)
+            except FileNotFoundError:
+                continue  # gone already
+            except OSError:
+                log.exception("the %s log could not delete %s", self.name, directory)
+                continue
+            deleted.append(directory)
         if deleted:
             log.info("the %s log deleted %d date partitions before %s", self.name, len(deleted), oldest)
         return deleted

@@ -69,11 +69,19 @@ def write_parquet(table: pa.Table, filesystem: pafs.FileSystem, path: str) -> No
         if field.name != "request_id" and (pa.types.is_string(field.type) or pa.types.is_boolean(field.type))
     ]
     statistics = [name for name in ("time",) if name in table.schema.names]
-    target = f"{directory}/.{name}" if local else path
-    with filesystem.open_output_stream(target) as sink:
-        pq.write_table(table, sink, use_dictionary=repetitive, write_statistics=statistics)
+    options = {"use_dictionary": repetitive, "write_statistics": statistics}
     if local:
-        filesystem.move(target, path)
+        hidden = f"{directory}/.{name}"
+        with filesystem.open_output_stream(hidden) as sink:
+            pq.write_table(table, sink, **options)
+        filesystem.move(hidden, path)
+        return
+    # Encoded in memory first: closing an S3 stream completes its upload even when the encoding failed
+    # half-way, which would leave a footer-less object under its final name for every reader to trip on.
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, **options)
+    with filesystem.open_output_stream(path) as sink:
+        sink.write(buffer.getvalue())
 
 
 @dataclass(frozen=True)

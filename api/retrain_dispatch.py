@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import logging
 import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +108,10 @@ class Settings:
         api_url = (env.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/")
         if not api_url.startswith(("https://", "http://")):
             raise SystemExit(f"GITHUB_API_URL must start with https:// or http://, not {api_url!r}")
+        host = urllib.parse.urlsplit(api_url).hostname
+        if api_url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
+            # The token would cross the network in clear: plain http is for a fake on loopback only.
+            raise SystemExit(f"GITHUB_API_URL must be https:// unless on loopback, not {api_url!r}")
         text = env.get("RETRAIN_MIN_INTERVAL_SECONDS") or str(DEFAULT_MIN_INTERVAL_SECONDS)
         try:
             interval = float(text)
@@ -201,17 +207,32 @@ def post_dispatch(settings: Settings, body: dict[str, Any]) -> int:
         },
     )
     try:
-        with urllib.request.urlopen(request, timeout=GITHUB_TIMEOUT_SECONDS) as response:
+        with _NO_REDIRECTS.open(request, timeout=GITHUB_TIMEOUT_SECONDS) as response:
             status = int(response.status)
-    except urllib.error.HTTPError as error:
-        detail = error.read(512).decode("utf-8", "replace")
+    except urllib.error.HTTPError as error:  # a 3xx too: the token is never sent on to another URL
+        try:
+            detail = error.read(512).decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException):
+            detail = "(no readable body)"
         raise DispatchFailed(f"{url} answered {error.code}: {detail}") from None
+    except http.client.HTTPException as error:  # a broken answer (IncompleteRead, BadStatusLine)
+        raise DispatchFailed(f"{url} answered badly: {type(error).__name__}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise DispatchFailed(f"{url} could not be reached: {reason}") from None
     if not 200 <= status < 300:
         raise DispatchFailed(f"{url} answered {status}")
     return status
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib would follow a redirect of the POST as a GET with the Authorization header, to any host."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx is raised as an HTTPError, a failed dispatch
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
 
 
 # ---------------------------------------------------------------------------------------------- the app

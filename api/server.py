@@ -106,8 +106,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
-            self.head_started, self.head_bytes = self.loop.time(), 0
+        self._arm_if_idle()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # A response sent before its request's body ended (a 413 on Content-Length, a 404 that never
+        # reads): the next head starts only now, not at the response, or the body's remaining bytes
+        # would be counted as a head (a stray 431 on a kept-alive connection, or a 408 mid-upload).
+        if self.cycle is not None and self.cycle.response_complete:
+            self._arm_if_idle(body_done=True)
+
+    def _arm_if_idle(self, body_done: bool = False) -> None:
+        """Start the next head's deadline and byte count once the connection waits for one: the response
+        is sent, the request's body has all arrived, and no pipelined request was started instead."""
+        cycle = self.cycle
+        if self.transport.is_closing() or cycle is None or not cycle.response_complete:
+            return
+        if cycle.more_body and not body_done:  # uvicorn leaves more_body set once it has answered
+            return
+        self.head_started, self.head_bytes = self.loop.time(), 0
 
     def _head_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)

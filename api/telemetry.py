@@ -11,6 +11,7 @@ that build several apps in one process, without that variable, stay single-proce
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import os
 import shutil
@@ -455,7 +456,9 @@ def live_pids(path: Path) -> set[int]:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            multiprocess.mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
+            # Two scrapes at once may both find it dead: the one that removes its files second is fine.
+            with contextlib.suppress(FileNotFoundError):
+                multiprocess.mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
         except PermissionError:  # alive, another user's
             pids.add(pid)
         else:
@@ -464,7 +467,10 @@ def live_pids(path: Path) -> set[int]:
 
 
 def _pids_on_file(path: Path) -> set[int]:
-    return {int(file.stem.rsplit("_", 1)[1]) for file in path.glob("gauge_live*_*.db")}
+    """The pids in prometheus_client's live-gauge file names; any other file (the directory may be
+    shared) is not ours."""
+    stems = (file.stem.rsplit("_", 1)[1] for file in path.glob("gauge_live*_*.db"))
+    return {int(stem) for stem in stems if stem.isdigit()}
 
 
 class WorkerFiles:

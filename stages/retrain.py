@@ -347,7 +347,9 @@ def score_production() -> dict[str, object]:
     here. Production is scored as register scores its rivals, through its verified serving artifact."""
     from stages.register import incumbents  # the same scoring as register's decision
     from stages.registry import open_registry
+    from stages.tracking import configure
 
+    configure()  # the project's MLflow retries and timeouts, as every stage that asks the registry
     params = load_params()
     primary = params.quality.primary_metric
     test = pd.read_parquet(workspace() / params.paths.prepared / "test.parquet")
@@ -363,7 +365,8 @@ def score_production() -> dict[str, object]:
         "retrained": retrained,
         "production_version": None if found is None else found.version,
         "production": None if found is None else found.score,
-        "error": "no production version" if found is None else found.error,
+        # Only the kind of failure: its text may hold a URL with credentials, and this goes into the PR.
+        "error": "no production version" if found is None else found.error.split(":", 1)[0],
     }
 
 

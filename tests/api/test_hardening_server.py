@@ -6,6 +6,7 @@ retry. All are counted, name their request like every answer, and /health answer
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 import time
@@ -202,3 +203,26 @@ def test_past_max_concurrent_requests_a_request_is_a_503_that_names_it_and_says_
         while refusals_or_busy(url) is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert refusals_or_busy(url) == before + 1
+
+
+def test_a_body_still_arriving_after_its_early_answer_is_not_taken_for_the_next_head(base_url):
+    """A 404 (or a 413) is sent before the body is read. The rest of the body, 3x MAX_HEADER_BYTES sent
+    over longer than the head deadline, is still this request's: no stray 431 or 408 follows, and the
+    kept-alive connection then serves the next request."""
+    before = refusals(base_url, "headers_too_large") + refusals(base_url, "head_timeout")
+    size = 3 * MAX_HEADER_BYTES
+    sock = connect(base_url)
+    with sock:
+        sock.sendall(
+            b"POST /no-such-route HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(size).encode() + b"\r\n\r\n"
+        )
+        chunks = 12
+        for _ in range(chunks):  # 12 x 1 KiB over about 1.8 s: past the 1 s head deadline
+            sock.sendall(b"a" * (size // chunks))
+            time.sleep(1.8 / chunks)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        received = _until_closed(sock, b"")
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)  # a body ends with no line break
+    assert statuses == [b"404", b"200"], received[:300]
+    assert refusals(base_url, "headers_too_large") + refusals(base_url, "head_timeout") == before

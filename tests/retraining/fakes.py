@@ -36,11 +36,19 @@ def fake_github() -> Iterator[FakeGitHub]:
     fake = FakeGitHub(f"http://127.0.0.1:{server.server_address[1]}")
 
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # what a client that followed a redirect would send
+            fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": None})
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
             self.send_response(fake.status)
             answer = b"" if fake.status == 204 else b'{"message": "Bad credentials"}'
+            if 300 <= fake.status < 400:  # a redirect that a client must not follow with its token
+                self.send_header("Location", f"{fake.url}/moved")
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
             self.wfile.write(answer)

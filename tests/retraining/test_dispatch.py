@@ -125,6 +125,23 @@ def test_githubs_refusal_is_a_502_that_alertmanager_retries_and_nothing_is_recor
     assert TOKEN not in log
 
 
+@pytest.mark.parametrize("redirect", [302, 307])
+def test_a_redirect_is_a_failed_dispatch_and_the_token_goes_nowhere_else(tmp_path, redirect):
+    with fake_github() as github, receiver(tmp_path, github) as app:
+        github.status = redirect
+        status, answer = app.post(notification("drift", ("FeatureDrift", "firing")))
+    assert status == 502 and str(redirect) in answer["detail"]
+    assert [request["path"] for request in github.requests] == [f"/repos/{REPOSITORY}/dispatches"]
+
+
+def test_plain_http_to_github_is_refused_off_loopback():
+    from api.retrain_dispatch import Settings
+
+    with pytest.raises(SystemExit, match="https:// unless on loopback"):
+        Settings.from_environment({"GITHUB_API_URL": "http://api.github.com"})
+    assert Settings.from_environment({"GITHUB_API_URL": "http://127.0.0.1:9"}).api_url == "http://127.0.0.1:9"
+
+
 def test_without_a_token_alerts_are_taken_and_nothing_is_dispatched(tmp_path):
     with fake_github() as github, receiver(tmp_path, None, GITHUB_API_URL=github.url) as app:
         status, answer = app.post(notification("drift", ("FeatureDrift", "firing")))
