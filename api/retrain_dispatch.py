@@ -80,10 +80,10 @@ class Notification(BaseModel):
     alerts: list[Alert] = Field(max_length=MAX_ALERTS)
 
 
-def _bounded(values: dict[str, str]) -> None:
-    for key, value in values.items():
-        if len(key) > MAX_TEXT or len(value) > MAX_TEXT:
-            raise HTTPException(422, f"a label or annotation is over {MAX_TEXT} characters")
+def _clipped(values: dict[str, str]) -> dict[str, str]:
+    """Each label and annotation cut to MAX_TEXT characters. Cut, not refused: Alertmanager does not
+    retry a 4xx, so one long description would lose the whole trigger (the body is bounded already)."""
+    return {key[:MAX_TEXT]: value[:MAX_TEXT] for key, value in values.items()}
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -244,8 +244,7 @@ class Receiver:
 
     async def handle(self, notification: Notification) -> dict[str, Any]:
         for alert in notification.alerts:
-            _bounded(alert.labels)
-            _bounded(alert.annotations)
+            alert.labels, alert.annotations = _clipped(alert.labels), _clipped(alert.annotations)
         group = notification.groupKey
         firing = [
             alert
