@@ -46,12 +46,11 @@ from api.drift import (
     probability_index,
     psi,
 )
-from api.log_store import LogStore
 from api.monitoring import Monitoring, parse_monitoring
 from api.online_metrics import figures
 from stages.errors import StageError, run
 from stages.features import model_inputs
-from stages.logs import log_locations
+from stages.logs import log_dataset, log_locations
 from stages.params import Params, load_params
 from stages.registry import open_registry
 from stages.workspace import workspace
@@ -98,15 +97,6 @@ class Settings:
 
 
 # ---------------------------------------------------------------------------------------------- the logs
-def log_dataset(location: str) -> ds.Dataset | None:
-    """A log as a reader sees it: its own complete files, on disk or S3, with the partition columns as
-    text (a version "none", of a MODEL_URI model, and a date compare as written); None with no file."""
-    try:
-        return LogStore.of(location).dataset()
-    except OSError as error:  # an unreachable endpoint, refused keys
-        raise StageError(f"cannot read the log at {location}: {error}") from error
-
-
 def window_filter(model_name: str, start: datetime) -> Any:
     """This model's rows since `start`: whole date partitions are pruned first, then by `time`."""
     return (

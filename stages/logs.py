@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from api.log_store import check_location, child, is_uri
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from api.log_store import LogStore, check_location, child, is_uri
 from stages.errors import StageError
 from stages.workspace import workspace
 
@@ -22,3 +25,12 @@ def log_locations(inference: str, environ: Mapping[str, str]) -> tuple[str, str]
             raise StageError(f"{name}: {error}") from error
         locations.append(location if is_uri(location) else str(workspace() / location))
     return locations[0], locations[1]
+
+
+def log_dataset(location: str, columns: pa.Schema | None = None) -> ds.Dataset | None:
+    """A log as a reader sees it (LogStore.dataset: its own complete files, on disk or S3, with the
+    partition columns as text); None with no file. A store that cannot be read is a StageError."""
+    try:
+        return LogStore.of(location).dataset(columns)
+    except OSError as error:  # an unreachable endpoint, refused keys
+        raise StageError(f"cannot read the log at {location}: {error}") from error

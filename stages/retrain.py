@@ -39,9 +39,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from api.log_store import PARTITIONS, LogStore
+from api.log_store import PARTITIONS
 from stages.errors import StageError, run
-from stages.logs import log_locations
+from stages.logs import log_dataset, log_locations
 from stages.params import Label, Params, load_params
 from stages.params_writer import update_params
 from stages.prepare import column_name, read_raw, resolve_source, sha256_of
@@ -89,10 +89,7 @@ def arrow_label_type(labels: list[Label]) -> pa.DataType:
 def read_log(location: str, columns: list[tuple[str, pa.DataType]]) -> pd.DataFrame:
     """Every complete file of a log, on disk or S3, as one frame with `columns` and the partition columns
     (a file that lacks a column, written by a model version with other features, gives nulls)."""
-    try:
-        dataset = LogStore.of(location).dataset(pa.schema(columns))
-    except OSError as error:  # an unreachable endpoint, refused keys
-        raise StageError(f"cannot read the log at {location}: {error}") from error
+    dataset = log_dataset(location, pa.schema(columns))
     if dataset is None:
         return pa.schema([*columns, *PARTITIONS]).empty_table().to_pandas()
     return dataset.to_table().to_pandas()

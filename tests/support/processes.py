@@ -24,12 +24,13 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
-def require_tool(name: str) -> str:
-    """Path of an executable; skips locally but fails under CI=true, where a missing tool is a bug."""
-    path = shutil.which(name) or (str(VENV_BIN / name) if (VENV_BIN / name).exists() else None)
+def require_tool(name: str, installed_by: str = "make system-deps installs it") -> str:
+    """Path of an executable, the venv's copy first (uv.lock's version), then PATH; skips locally but
+    fails under CI=true, where a missing tool is a bug."""
+    path = str(VENV_BIN / name) if (VENV_BIN / name).exists() else shutil.which(name)
     if path:
         return path
-    message = f"{name} is not installed (make system-deps installs it)"
+    message = f"{name} is not installed ({installed_by})"
     if in_ci():
         pytest.fail(message)
     pytest.skip(message)
