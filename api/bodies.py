@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable
 
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 from api.errors import BodyTooLarge, ClientDisconnected, RequestTimeout
 
@@ -36,6 +37,14 @@ class BodyDeadlines:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def read(self, request: Request, limit: int) -> bytes:
+        """A Starlette request's body."""
+        return await self.received(request.receive, request.headers.get("content-length"), limit)
+
+    async def received(self, receive: Receive, content_length: str | None, limit: int) -> bytes:
+        """The body from the ASGI `receive` itself, for a handler that has no Request (api/lane.py)."""
+        return await self._within_deadline(receive_body(receive, content_length, limit))
+
+    async def _within_deadline(self, reading: Awaitable[bytes]) -> bytes:
         task = asyncio.current_task()
         assert task is not None  # always inside a request's task
         loop = asyncio.get_running_loop()
@@ -43,7 +52,7 @@ class BodyDeadlines:
             self._loop, self._reaper = loop, loop.create_task(self._reap(), name="body-deadlines")
         self._reading[task] = loop.time() + self.timeout
         try:
-            return await read_body(request.stream(), request.headers.get("content-length"), limit)
+            return await reading
         except asyncio.CancelledError:
             if task not in self._expired:
                 raise  # a real cancellation (shutdown), not ours
@@ -73,14 +82,26 @@ class BodyDeadlines:
                 await self._reaper
 
 
-async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, limit: int) -> bytes:
-    """The body from its chunks (e.g. `request.stream()`); raises BodyTooLarge past `limit` bytes."""
+async def receive_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
+    """The body from its `http.request` messages; raises BodyTooLarge past `limit` bytes and
+    ClientDisconnect on an `http.disconnect` before its end, as Starlette's `Request.stream()` does."""
     if content_length is not None and content_length.isdigit() and int(content_length) > limit:
         raise BodyTooLarge(f"the body is {content_length} bytes; the limit is {limit}")
-    received, size = [], 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"the body exceeds the limit of {limit} bytes")
-        received.append(chunk)
-    return b"".join(received)
+    received: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"the body exceeds the limit of {limit} bytes")
+            if not message.get("more_body", False):
+                if not received:  # nearly every body arrives in one message: no copy of it
+                    return chunk
+                received.append(chunk)
+                return b"".join(received)
+            received.append(chunk)
+        elif kind == "http.disconnect":
+            raise ClientDisconnect()

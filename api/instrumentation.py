@@ -18,11 +18,15 @@ the app runs, and counts clients that left mid-body (the 499s of api/bodies.py) 
 `http_client_disconnects_total` and bodies past their deadline (408s) in `http_body_timeouts_total`: one middleware, because each layer of ASGI middleware costs a /predict
 measurably. It also picks each request's id (api/request_ids.py), keeps it in the scope for the routes
 and error handlers, and adds it to every answer as the `X-Request-ID` header.
+
+A route may be answered here rather than by the app (`answers`, by handler and method): its requests go
+through all of the above, then to that ASGI app instead of the app's middleware and router. The
+prediction routes are (api/lane.py), which spares them Starlette's and FastAPI's layers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from time import perf_counter
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -42,9 +46,10 @@ CACHE_SIZE = 1024
 class _Series:
     """The label children of one (handler, method), resolved once."""
 
-    __slots__ = ("_by_status", "_handler", "_method", "_requests", "duration", "in_progress")
+    __slots__ = ("_by_status", "_handler", "_method", "_requests", "answer", "duration", "in_progress")
 
-    def __init__(self, telemetry: Telemetry, handler: str, method: str) -> None:
+    def __init__(self, telemetry: Telemetry, handler: str, method: str, answer: ASGIApp | None) -> None:
+        self.answer = answer  # what answers these requests instead of the app, if anything
         self.in_progress: Gauge = telemetry.http_in_progress.labels(method, handler)
         self.duration: Histogram = telemetry.http_duration.labels(handler, method)
         self._requests, self._handler, self._method = telemetry.http_requests, handler, method
@@ -67,8 +72,10 @@ class RequestMetrics:
         telemetry: Telemetry,
         gate: Gate | None = None,
         excluded: Collection[str] = ("/metrics",),
+        answers: Mapping[tuple[str, str], ASGIApp] | None = None,
     ) -> None:
         self.app = app
+        self.answers = dict(answers or {})  # (handler, method) -> the ASGI app that answers it instead
         self.gate = gate or Gate({})
         self.routes = routes  # the app's own list, read at request time: routes added later count too
         self.telemetry = telemetry
@@ -103,7 +110,7 @@ class RequestMetrics:
         key = (handler, method)
         series = self._series.get(key)
         if series is None:
-            series = _Series(self.telemetry, handler, method)
+            series = _Series(self.telemetry, handler, method, self.answers.get(key))
             if len(self._series) < CACHE_SIZE:
                 self._series[key] = series
         return series
@@ -113,14 +120,15 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         handler = self.handler(scope)
-        app = self.app
         request_id = scope[request_ids.SCOPE_KEY] = request_ids.from_headers(scope["headers"])
         id_header = (request_ids.HEADER_KEY, request_id.encode("ascii"))
+        excluded = handler in self.excluded
+        series = None if excluded else self._series_for(handler, scope["method"])
+        app = self.app if series is None or series.answer is None else series.answer
         if handler != UNMATCHED:
             refused = self.gate.refusal(handler, scope["method"], scope["headers"])
             if refused is not None:
                 app = error_response(refused, request_id)
-        excluded = handler in self.excluded
         status = 500  # what an exception that escapes the app becomes
 
         async def send_with_id(message: Message) -> None:
@@ -130,11 +138,10 @@ class RequestMetrics:
                 message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
-        if excluded:
+        if series is None:
             await app(scope, receive, send_with_id)
             return
         started = perf_counter()
-        series = self._series_for(handler, scope["method"])
         series.in_progress.inc()
         try:
             await app(scope, receive, send_with_id)

@@ -1,7 +1,8 @@
 """The app factory: `uvicorn api.main:create_app --factory`, or `python -m api`.
 
 It assembles the pieces and holds no logic of its own: the routers (api/routes/), the error mapping
-(api/errors.py), the request-metrics middleware (api/instrumentation.py), the OpenAPI document that
+(api/errors.py), the request-metrics middleware (api/instrumentation.py) and the fast lane it hands the
+prediction routes to (api/lane.py), the OpenAPI document that
 follows the model (api/openapi.py), and the lifespan that runs the model loader (api/service.py), the
 log writers (api/inference_log.py) and the online metrics (api/online_metrics.py).
 """
@@ -23,6 +24,7 @@ from api.bodies import BodyDeadlines
 from api.feedback import FeedbackDesk, PredictionIndex, PredictionRecorder
 from api.inference_log import InferenceLog, LogWriter
 from api.instrumentation import RequestMetrics
+from api.lane import Lane
 from api.log_store import LogStore
 from api.online_metrics import OnlineMetrics
 from api.routes import feedback, operations, predictions
@@ -83,7 +85,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if isinstance(route, Route) and "POST" in (route.methods or ())
     ]
     gate = access.gate_of(settings, json_routes=posted)
-    app.add_middleware(RequestMetrics, routes=app.router.routes, telemetry=service.telemetry, gate=gate)
+    app.state.lane = lane = Lane(service, app.state.recorder, app.state.body_deadlines)
+    app.add_middleware(
+        RequestMetrics, routes=app.router.routes, telemetry=service.telemetry, gate=gate, answers=lane.answers
+    )
     openapi.install(app, service, protected=gate.protected)
     return app
 

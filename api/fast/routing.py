@@ -1,4 +1,5 @@
-"""A FastAPI route for endpoints that take the Request and return the Response themselves."""
+"""A FastAPI route for endpoints that take the Request and return their answer themselves: a Response, or
+any ASGI app that answers the request (the prediction routes return the fast lane's handler, api/lane.py)."""
 
 from __future__ import annotations
 
@@ -38,14 +39,14 @@ class DirectRoute(APIRoute):
         return self.endpoint
 
 
-def _direct_app(endpoint: Callable[[Request], Coroutine[Any, Any, Response]]) -> ASGIApp:
+def _direct_app(endpoint: Callable[[Request], Coroutine[Any, Any, ASGIApp]]) -> ASGIApp:
     """The endpoint as the route's ASGI app. FastAPI's `request_response` wraps each request in two
     AsyncExitStacks (for dependencies with yield, which a DirectRoute has none of) and in an exception
     handler of its own, which looks up the same handlers as the app's ExceptionMiddleware, where an
     exception raised here goes instead, with the same answer. Measured: about 4 µs of a 80 µs /predict."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        response = await endpoint(Request(scope, receive, send))
-        await response(scope, receive, send)
+        answer = await endpoint(Request(scope, receive, send))
+        await answer(scope, receive, send)
 
     return app

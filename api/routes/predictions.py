@@ -1,6 +1,11 @@
-"""POST /predict and /predict/batch: the body read within its limit, validated against the request models
-of the model that serves right now, scored, recorded (the feedback index, the inference log: both only
-take a reference), and written back without FastAPI's serialisation."""
+"""POST /predict and /predict/batch as FastAPI documents them: their answers' models and their errors.
+
+Their requests never reach the router: the request-metrics middleware hands them to the fast lane
+(api/lane.py), which reads the body within its limit, validates it against the request models of the model
+that serves right now, scores it, records it (the feedback index, the inference log: both only take a
+reference) and writes the answer. The endpoints here hand a request that did reach the router to the
+same lane, so that there is one implementation of each route.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +14,16 @@ from typing import Any, cast
 import numpy as np
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import ASGIApp
 
-from api import request_ids
 from api.bodies import BodyDeadlines
 from api.fast import DirectRoute
-from api.feedback import PredictionRecorder
 from api.loading import ServedModel
-from api.predictor import Codes, ColumnBatch
-from api.responses import (
-    JSON,
-    BatchPredictionResponse,
-    ErrorResponse,
-    PredictionResponse,
-    ValidationErrorResponse,
-    batch_body,
-    prediction_body,
-)
-from api.routes import service_of
+from api.predictor import ColumnBatch
+from api.responses import BatchPredictionResponse, ErrorResponse, PredictionResponse, ValidationErrorResponse
+
+PREDICT_PATH = "/predict"
+BATCH_PATH = "/predict/batch"
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "A missing or wrong API key (when API_KEYS_FILE is set)."},
@@ -40,40 +37,18 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 router = APIRouter(tags=["predictions"], route_class=DirectRoute, responses=RESPONSES)
 
 
-# Each endpoint takes the model once and uses it throughout, so a reload in the middle of a request cannot
-# pair one model's schema with another's predictor.
-@router.post("/predict", response_model=PredictionResponse, summary="Predict one record")
-async def predict(request: Request) -> Response:
-    service = service_of(request)
-    model = service.require_model()
-    body = await body_deadlines_of(request).read(request, service.settings.max_body_bytes)
-    row = model.requests.parse_record(body, service.telemetry)
-    label, probability = service.score_one(model, row)
-    registry = model.registry
-    request_id = request_ids.of(request.scope)
-    recorder_of(request).record(model, request_id, row, label, probability)
-    answer = prediction_body(request_id, label, probability, registry.name, registry.version)
-    return Response(answer, media_type=JSON)
+@router.post(PREDICT_PATH, response_model=PredictionResponse, summary="Predict one record")
+async def predict(request: Request) -> ASGIApp:
+    return cast(ASGIApp, request.app.state.lane.predict)
 
 
 @router.post(
-    "/predict/batch",
+    BATCH_PATH,
     response_model=BatchPredictionResponse,
     summary="Predict up to MAX_BATCH_SIZE records, in order",
 )
-async def predict_batch(request: Request) -> Response:
-    service = service_of(request)
-    model = service.require_model()
-    body = await body_deadlines_of(request).read(request, service.settings.max_body_bytes)
-    columns = numeric_arrays(model.requests.parse_batch(body, service.telemetry), model)
-    recorder = recorder_of(request)
-    codes: Codes | None = {} if recorder.inference_log is not None else None
-    probabilities, positive = await service.score_batch(model, columns, codes)
-    registry = model.registry
-    request_id = request_ids.of(request.scope)
-    recorder.batch(model, request_id, columns, probabilities, positive, codes)
-    answer = batch_body(request_id, registry.name, registry.version, model.labels, probabilities, positive)
-    return Response(answer, media_type=JSON)
+async def predict_batch(request: Request) -> ASGIApp:
+    return cast(ASGIApp, request.app.state.lane.predict_batch)
 
 
 def numeric_arrays(columns: ColumnBatch, model: ServedModel) -> ColumnBatch:
@@ -88,7 +63,3 @@ def numeric_arrays(columns: ColumnBatch, model: ServedModel) -> ColumnBatch:
 
 def body_deadlines_of(request: Request) -> BodyDeadlines:
     return cast(BodyDeadlines, request.app.state.body_deadlines)
-
-
-def recorder_of(request: Request) -> PredictionRecorder:
-    return cast(PredictionRecorder, request.app.state.recorder)
