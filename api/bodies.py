@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive
@@ -42,9 +41,6 @@ class BodyDeadlines:
 
     async def received(self, receive: Receive, content_length: str | None, limit: int) -> bytes:
         """The body from the ASGI `receive` itself, for a handler that has no Request (api/lane.py)."""
-        return await self._within_deadline(receive_body(receive, content_length, limit))
-
-    async def _within_deadline(self, reading: Awaitable[bytes]) -> bytes:
         task = asyncio.current_task()
         assert task is not None  # always inside a request's task
         loop = asyncio.get_running_loop()
@@ -52,7 +48,7 @@ class BodyDeadlines:
             self._loop, self._reaper = loop, loop.create_task(self._reap(), name="body-deadlines")
         self._reading[task] = loop.time() + self.timeout
         try:
-            return await reading
+            return await receive_body(receive, content_length, limit)
         except asyncio.CancelledError:
             if task not in self._expired:
                 raise  # a real cancellation (shutdown), not ours

@@ -43,6 +43,7 @@ class Lane:
 
     def __init__(self, service: ModelService, recorder: PredictionRecorder, deadlines: BodyDeadlines) -> None:
         self.service, self.recorder, self.deadlines = service, recorder, deadlines
+        self.limit = service.settings.max_body_bytes
 
     @property
     def answers(self) -> dict[tuple[str, str], ASGIApp]:
@@ -55,7 +56,7 @@ class Lane:
         service = self.service
         try:
             model = service.require_model()
-            body = await self._body(scope, receive)
+            body = await self.deadlines.received(receive, _content_length(scope["headers"]), self.limit)
             row = model.requests.parse_record(body, service.telemetry)
             label, probability = service.score_one(model, row)
             registry = model.registry
@@ -71,7 +72,7 @@ class Lane:
         service, recorder = self.service, self.recorder
         try:
             model = service.require_model()
-            body = await self._body(scope, receive)
+            body = await self.deadlines.received(receive, _content_length(scope["headers"]), self.limit)
             columns = numeric_arrays(model.requests.parse_batch(body, service.telemetry), model)
             codes: Codes | None = {} if recorder.inference_log is not None else None
             probabilities, positive = await service.score_batch(model, columns, codes)
@@ -85,10 +86,6 @@ class Lane:
             await _refuse(error, scope, receive, send)
             return
         await _send_json(send, answer)
-
-    async def _body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self.service.settings.max_body_bytes
-        return await self.deadlines.received(receive, _content_length(scope["headers"]), limit)
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> str | None:
