@@ -1,11 +1,13 @@
-"""`make bench`: the prediction service against a bare FastAPI endpoint, `mlflow models serve` and,
-with --baseline REF, itself as it was at a git ref.
+"""`make bench`: the prediction service against a bare FastAPI endpoint, a raw ASGI endpoint (the
+machine's ceiling), `mlflow models serve` and, with --baseline REF, itself as it was at a git ref.
 
 Every server serves the registered model `MODEL_NAME@MODEL_ALIAS` (both from the environment) from
 MLFLOW_TRACKING_URI, on loopback, each in one process with one thread for numeric work. wrk (with
 tests/benchmarks/post.lua) drives each with the same single-row POSTs over 32 connections. The bare
 endpoint validates the same payload with the same request model and returns a constant: the ceiling
-FastAPI itself allows. The servers run side by side and are measured in interleaved rounds, medians
+FastAPI itself allows. The raw ASGI endpoint, under the uvicorn this service runs on (its options, its
+protocol), only reads the body and decodes it with the model's msgspec decoder: the ceiling of any Python
+service here, of which this service's share is reported. The servers run side by side and are measured in interleaved rounds, medians
 reported, which keeps the machine's drift out of the ratios. This service runs twice: as `make run` serves
 it (drift monitoring on, every record to the inference log under .bench/inference) and with both off, so
 that the monitoring's cost is measured against itself in the same rounds, and once more with WORKERS=2
@@ -40,11 +42,12 @@ from typing import Any
 
 from api.telemetry import INFERENCE_SECONDS as INFERENCE_METRIC
 from tests.benchmarks.load import histogram_buckets, histogram_quantile, post_json, wait_until_ready, wrk
-from tests.benchmarks.peers import baseline_checkout, serve_bare
+from tests.benchmarks.peers import baseline_checkout, serve_bare, serve_ceiling
 from tests.benchmarks.report import (
     BARE,
     BASELINE,
     BATCH_ROWS,
+    CEILING,
     MLFLOW,
     OURS,
     UNMONITORED,
@@ -206,11 +209,15 @@ def main() -> int:
         "--wrk-cpu", type=int, default=0, help="the one core wrk runs on (-1: any), the servers on every core"
     )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-ceiling", type=int, metavar="PORT", help=argparse.SUPPRESS)
     options = parser.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if options.serve_bare:
         serve_bare(options.serve_bare)
+        return 0
+    if options.serve_ceiling:
+        serve_ceiling(options.serve_ceiling)
         return 0
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (make system-deps installs it)", file=sys.stderr)
@@ -311,13 +318,17 @@ def main() -> int:
         mlflow_single,
         {"dataframe_records": [complete[0]]},
     )
-    bare = Server(
-        BARE,
-        [python, "-m", "tests.benchmarks.api", "--serve-bare", "{port}"],
-        "/health",
-        "/predict",
-        single,
-        complete[0],
+    # The two peers this module serves itself, by a hidden option: bare FastAPI and the raw ASGI ceiling.
+    bare, ceiling = (
+        Server(
+            name,
+            [python, "-m", "tests.benchmarks.api", option, "{port}"],
+            "/health",
+            "/predict",
+            single,
+            complete[0],
+        )
+        for name, option in ((BARE, "--serve-bare"), (CEILING, "--serve-ceiling"))
     )
 
     def load(server: Server, seconds: float, batch: bool = False) -> dict[str, float]:
@@ -357,7 +368,7 @@ def main() -> int:
                 )
         if not options.no_mlflow:
             servers.append(mlflow)
-        servers.append(bare)
+        servers += [bare, ceiling]
         for server in servers:
             start(stack, server, env)
         wait_for_workers(two_workers.base, 2)

@@ -1,10 +1,12 @@
-"""What this service is measured against: a bare FastAPI endpoint (the ceiling FastAPI itself allows) and,
-with --baseline REF, this service as it was at a git ref, checked out in a temporary git worktree.
+"""What this service is measured against: a bare FastAPI endpoint (the ceiling FastAPI itself allows), a raw
+ASGI endpoint under this service's own uvicorn (the machine's ceiling) and, with --baseline REF, this
+service as it was at a git ref, checked out in a temporary git worktree.
 
 No `from __future__ import annotations` here: FastAPI must see the bare endpoint's request model itself,
 not its name in a string."""
 
 import importlib.metadata
+import json
 import shutil
 import subprocess
 import sys
@@ -63,6 +65,56 @@ def serve_bare(port: int) -> None:
         access_log=False,
         log_level="warning",
     )
+
+
+# ---------------------------------------------------------------------------------------------- raw ASGI
+def ceiling_app(settings: Any) -> Any:
+    """What any service on this machine, this Python and this uvicorn can reach at most: a raw ASGI app that
+    reads the body and decodes it with the served model's own msgspec decoder, then answers a constant.
+    No routing, no model, no counting, no request id: the cost of HTTP itself and of reading the record."""
+    import msgspec
+
+    from api.loading import load_registered
+    from api.registry import resolve_alias
+
+    served = load_registered(settings, resolve_alias(settings))
+    decoder = served.requests.decoder
+    decode = msgspec.json.decode if decoder is None else decoder.record  # no fast decoder: msgspec's own
+    answer = json.dumps(
+        {"label": served.labels[0], "probability": 0.5, "model_name": served.registry.name}
+    ).encode()
+    headers = [(b"content-length", b"%d" % len(answer)), (b"content-type", b"application/json")]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        status = 200 if scope["path"] == "/health" or decode(b"".join(chunks)) is not None else 422
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    return app
+
+
+def serve_ceiling(port: int) -> None:
+    """The raw ASGI app under the uvicorn options `python -m api` runs this service with (api/__main__.py):
+    uvloop, the guarded httptools protocol of api/server.py, the same limits."""
+    import uvicorn
+
+    from api.__main__ import uvicorn_options
+    from api.settings import Settings
+
+    settings = Settings()
+    options = uvicorn_options(settings, "127.0.0.1", port, "warning")
+    uvicorn.run(**(options | {"app": ceiling_app(settings), "factory": False, "workers": 1}))
 
 
 # ---------------------------------------------------------------------------------------------- baseline
