@@ -41,7 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from api.telemetry import INFERENCE_SECONDS as INFERENCE_METRIC
-from tests.benchmarks.load import histogram_buckets, histogram_quantile, post_json, wait_until_ready, wrk
+from tests.benchmarks.load import (
+    group_cpu_seconds,
+    histogram_buckets,
+    histogram_quantile,
+    post_json,
+    wait_until_ready,
+    wrk,
+)
 from tests.benchmarks.peers import baseline_checkout, serve_bare, serve_ceiling
 from tests.benchmarks.report import (
     BARE,
@@ -107,6 +114,7 @@ class Server:
     cwd: Path = REPO_ROOT
     env: dict[str, str] = field(default_factory=dict)  # on top of the shared environment
     base: str = ""
+    group: int = 0  # its process group: the server and its workers
     rounds: list[dict[str, float]] = field(default_factory=list)
     batch_rounds: list[dict[str, float]] = field(default_factory=list)
 
@@ -117,7 +125,7 @@ def start(stack: ExitStack, server: Server, env: dict[str, str]) -> None:
     command = [part.replace("{port}", str(port)) for part in server.args]
     log = OUTPUT_DIR / f"{re.sub(r'[^A-Za-z0-9.]+', '-', server.name).strip('-')}.log"
     began = time.monotonic()
-    stack.enter_context(running(command, log, env=env | server.env, cwd=server.cwd))
+    server.group = stack.enter_context(running(command, log, env=env | server.env, cwd=server.cwd)).pid
     wait_until_ready(f"{server.base}{server.ready_path}", timeout=180)
     post_json(f"{server.base}{server.predict_path}", server.first_body)  # accepted before any timing
     print(
@@ -158,7 +166,8 @@ def median(values: list[float]) -> float:
 
 def summarise(server: Server) -> dict[str, Any]:
     summary: dict[str, Any] = {
-        key: median([item[key] for item in server.rounds]) for key in ("requests_per_s", "p50_ms", "p99_ms")
+        key: median([item[key] for item in server.rounds])
+        for key in ("requests_per_s", "p50_ms", "p99_ms", "cpu_us_per_request")
     } | {"rounds_requests_per_s": [round(item["requests_per_s"]) for item in server.rounds]}
     if server.batch_rounds:
         summary |= {
@@ -332,13 +341,18 @@ def main() -> int:
     )
 
     def load(server: Server, seconds: float, batch: bool = False) -> dict[str, float]:
-        return wrk(
+        # The server's CPU per request as well: on a machine shared with other work its throughput follows
+        # what the neighbours leave it, its CPU time per request much less so.
+        cpu_before = group_cpu_seconds(server.group)
+        result = wrk(
             f"{server.base}{'/predict/batch' if batch else server.predict_path}",
             batches if batch else server.bodies,
             seconds,
             options.batch_connections if batch else options.connections,
             options.threads,
         )
+        cpu = group_cpu_seconds(server.group) - cpu_before
+        return result | {"cpu_us_per_request": cpu / max(result["requests"], 1) * 1e6}
 
     with ExitStack() as stack:
         servers = [ours, unmonitored, two_workers]

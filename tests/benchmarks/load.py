@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import urllib.error
@@ -45,6 +46,23 @@ def wrk(url: str, bodies: Path, duration: float, connections: int, threads: int)
         "p99_ms": raw["p99_us"] / 1000,
         "requests": raw["requests"],
     }
+
+
+def group_cpu_seconds(group: int) -> float:
+    """User and system CPU time, so far, of the live processes of one process group (a server started in
+    its own session, its workers included), from /proc; 0 where there is no /proc."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The fields after the command name, which is in parentheses and may hold spaces: state, ppid,
+            # pgrp, ... utime and stime are the 12th and 13th of them.
+            fields = entry.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[2]) == group:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def post_json(url: str, body: Any) -> Any:

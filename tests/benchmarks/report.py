@@ -50,11 +50,14 @@ def report(
         f"{options.rounds} interleaved {options.duration:g} s rounds, loopback, {os.cpu_count()} cores "
         f"(model v{version}, {kind})"
     )
-    print(f"{'server':<34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'÷ bare':>10}{'÷ ceiling':>11}")
+    print(
+        f"{'server':<34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'÷ bare':>10}{'÷ ceiling':>11}"
+        f"{'CPU µs/req':>12}"
+    )
     for name, result in results.items():
         print(
             f"{name:<34}{result['requests_per_s']:>10,.0f}{result['p50_ms']:>10.2f}{result['p99_ms']:>10.2f}"
-            f"{ratios[name]:>10.1%}{shares[name]:>11.1%}"
+            f"{ratios[name]:>10.1%}{shares[name]:>11.1%}{result['cpu_us_per_request']:>12.1f}"
         )
     batched = {name: result for name, result in results.items() if "batch_rows_per_s" in result}
     print(
@@ -82,6 +85,8 @@ def report(
             f"{f'this service / {CEILING}':<44}{shares[OURS]:>10.0%}    target >= {TARGETS['vs_ceiling']:.0%}   "
             f"{verdict(verdicts['vs_ceiling'])}"
         )
+        cpu_share = ceiling["cpu_us_per_request"] / ours["cpu_us_per_request"]
+        print(f"{'the same share by CPU per request':<44}{cpu_share:>10.0%}")
     verdicts["p99_ms"] = ours["p99_ms"] <= TARGETS["p99_ms"]
     print(
         f"{f'p99 at {options.connections} connections':<44}{ours['p99_ms']:>8.2f} ms   "
@@ -134,7 +139,9 @@ def report(
         verdicts["vs_baseline_points"] = points >= -BASELINE_TARGETS["vs_bare_points"]
         verdicts["vs_baseline_batch"] = fraction >= BASELINE_TARGETS["batch_rows_fraction"]
         speedup = ours["requests_per_s"] / results[baseline_name]["requests_per_s"]
+        cpu = results[baseline_name]["cpu_us_per_request"] / ours["cpu_us_per_request"]
         print(f"{'single rows/s, this service / baseline':<44}{speedup:>10.2f}x")
+        print(f"{'CPU per single row, baseline / this service':<44}{cpu:>10.2f}x")
         print(
             f"{'÷ bare, this service - baseline':<44}{points:>+9.1f} pts   "
             f"target >= -{BASELINE_TARGETS['vs_bare_points']:g} pts   {verdict(verdicts['vs_baseline_points'])}"
