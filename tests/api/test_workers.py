@@ -207,6 +207,7 @@ def test_two_workers_serve_one_port_add_up_and_follow_the_alias(own_registry, tm
         MODEL_ALIAS="production",
         WORKERS="2",
         RELOAD_INTERVAL_SECONDS="0.5",
+        DRIFT_INTERVAL_SECONDS="0.2",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
     for variable in ("MODEL_URI", "WEB_CONCURRENCY"):
@@ -267,6 +268,19 @@ def test_two_workers_serve_one_port_add_up_and_follow_the_alias(own_registry, tm
         assert {answer.get("model_version") for answer in answers[:SINGLE]} == {own_registry.production}
         assert served_versions(after) == {own_registry.production: 1}
 
+        # Each worker adds its drift counts in the background: their sum over the two is every row scored,
+        # what the recording rules compute the service's PSI from. The reference is one series per bin.
+        def drift_rows(version: str) -> float:
+            nonlocal samples
+            samples = scrape(base)
+            return total(samples, "prediction_drift_bin_rows_total", model_version=version)
+
+        wait_until(
+            lambda: drift_rows(own_registry.production) == SINGLE + BATCHES * BATCH_ROWS, 10, "drift counts"
+        )
+        references = [labels for (name, labels) in samples if name == "prediction_drift_reference_proportion"]
+        assert len(references) == len(set(references)) == 10
+
         # The alias moves: each worker polls it on its own, and model_info (livemax) leaves the old version
         # only once no live worker serves it.
         own_registry.set_alias("production", own_registry.challenger)
@@ -283,6 +297,7 @@ def test_two_workers_serve_one_port_add_up_and_follow_the_alias(own_registry, tm
         latest = settled(base, samples, 200)
         now = by_pid(latest, "http_worker_requests")
         assert all(now[pid] > answered[pid] for pid in workers), "both workers answered on the new version"
+        wait_until(lambda: drift_rows(own_registry.challenger) == 200, 10, "the new version's own counts")
 
         # A worker that dies is replaced by uvicorn's supervisor; its live gauges go with it, its counts stay.
         victim = min(workers)
