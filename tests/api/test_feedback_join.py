@@ -33,7 +33,7 @@ def today() -> str:
     return datetime.now(UTC).date().isoformat()
 
 
-def log_file(root: Path, partition: str, ids: list[str], probabilities: list[float]) -> None:
+def log_file(root: Path | str, partition: str, ids: list[str], probabilities: list[float]) -> None:
     """A file as another worker's inference log writer leaves it (its features left out)."""
     table = pa.table(
         {
@@ -105,6 +105,19 @@ def test_a_bad_file_is_counted_once_and_the_others_are_still_read(tmp_path):
     join.add("later", True, PARTITION)
     settle(join)
     assert join.unreadable == 1  # a file is read once, broken or not
+
+
+@pytest.mark.slow
+def test_the_join_reads_a_log_in_s3(s3_bucket):
+    """Several pods share a log through one s3:// prefix: its date partitions are listed as prefixes."""
+    location = f"s3://{s3_bucket}/production/inference"
+    join = LogJoin(LogStore.of(location), wait=60, size=100, clock=Clock())
+    log_file(location, PARTITION, ["pod-b-0", "pod-b-1"], [0.6, 0.4])
+    log_file(location, "model_name=m/model_version=2", ["pod-b-2"], [0.5])  # another version's
+    for request_id in ("pod-b-1", "pod-b-2"):
+        join.add(request_id, False, PARTITION)
+    assert settle(join).matched == [("pod-b-1", 0.4, False)]
+    assert list(join.pending) == ["pod-b-2"] and join.unreadable == 0
 
 
 def test_nothing_waiting_reads_nothing(tmp_path):
