@@ -100,3 +100,11 @@ def test_every_item_is_matched_once_whichever_worker_it_reaches(own_registry, tm
             for result in ("matched", "unknown", "duplicate")
         }
         assert counts == {"matched": len(items), "unknown": 1, "duplicate": 0}
+
+        # And all of them reach the service-wide online counts the recording rules read, once each
+        # (the workers add what they matched, from their index or from the log, every interval).
+        def online_items() -> float:
+            return total(scrape(base), "model_online_scores_total")
+
+        wait_until(lambda: online_items() >= len(items), 10, "every match in the online counts")
+        assert online_items() == len(items)
