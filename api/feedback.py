@@ -252,6 +252,7 @@ class FeedbackDesk:
         self._models: tuple[ServedModel, FeedbackModels, Stream] | None = None
         self._counters = {result: telemetry.feedback.labels(result) for result in FEEDBACK_RESULTS}
         self._task: asyncio.Task[None] | None = None
+        self._unreadable_counted = 0  # of join.unreadable, what feedback_join_unreadable_files_total has
 
     def models_of(self, model: ServedModel) -> tuple[FeedbackModels, Stream]:
         if self._models is None or self._models[0] is not model:
@@ -281,6 +282,9 @@ class FeedbackDesk:
                 join.add(request_id, label == positive, partition)
                 results.append(PENDING)
         tally = {result: results.count(result) for result in (*FEEDBACK_RESULTS, PENDING)}
+        if tally[PENDING]:
+            assert join is not None
+            self.telemetry.feedback_pending.set(len(join.pending))
         for result in FEEDBACK_RESULTS:
             if tally[result]:
                 self._counters[result].inc(tally[result])
@@ -291,6 +295,12 @@ class FeedbackDesk:
 
     def settle(self, outcome: Outcome) -> None:
         """Count what a pass of the join settled; a match goes to the online metrics as one at once does."""
+        if self.join is not None:
+            self.telemetry.feedback_pending.set(len(self.join.pending))
+            unreadable = self.join.unreadable - self._unreadable_counted
+            if unreadable:
+                self.telemetry.feedback_join_unreadable.inc(unreadable)
+                self._unreadable_counted += unreadable
         for request_id, probability, positive in outcome.matched:
             self._received.add(request_id)
             self.online.add(probability, positive)

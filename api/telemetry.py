@@ -350,6 +350,19 @@ class Telemetry:
         )
         for result in FEEDBACK_RESULTS:
             self.feedback.labels(result)
+        # The join from the inference log (api/feedback_join.py), with an inference log only.
+        self.feedback_pending = Gauge(
+            "feedback_pending",
+            "Feedback items waiting for their prediction to show in the inference log (another worker's or "
+            "pod's), counted in feedback_total once settled.",
+            registry=registry,
+            multiprocess_mode="livesum",  # what waits in every live worker
+        )
+        self.feedback_join_unreadable = Counter(
+            "feedback_join_unreadable_files",
+            "Inference log files the feedback join could not read (logged; not tried again).",
+            registry=registry,
+        )
         # The online and drift figures are each worker's own, over the requests it served: a PSI or an AUC
         # per worker cannot be added or averaged into the whole's. livemostrecent: the figures of whichever
         # worker published last, a real window over about 1/WORKERS of the traffic (each worker's figures

@@ -164,3 +164,26 @@ def test_feedback_for_a_prediction_logged_elsewhere_is_pending_then_matched_once
         again = client.post("/feedback", json={"request_id": "elsewhere-0", "label": positive}).json()
         assert (again["duplicate"], again["pending"]) == (1, 0)
         assert [counted(result) for result in ("matched", "unknown", "duplicate")] == [1, 1, 2]
+
+
+@pytest.mark.slow
+def test_what_waits_and_the_unreadable_files_are_exported(api_registry, tmp_path):
+    negative, _ = negative_and_positive(api_registry.features)
+    settings = api_registry.settings(
+        inference_log_dir=tmp_path, drift_interval_seconds=0.05, feedback_join_wait_seconds=3600
+    )
+    day = tmp_path / f"model_name={api_registry.model_name}/model_version={api_registry.production}"
+    with serving(settings) as client:
+        assert metric(metric_samples(client), "feedback_pending") == 0
+        (day / f"date={today()}").mkdir(parents=True)
+        (day / f"date={today()}" / "00-broken.parquet").write_bytes(b"not parquet")
+        items = [{"request_id": f"nowhere-{index}", "label": negative} for index in range(3)]
+        assert client.post("/feedback", json=items).json()["pending"] == 3
+        wait_until(
+            lambda: metric(metric_samples(client), "feedback_join_unreadable_files_total") == 1,
+            30,
+            "the broken file counted",
+        )
+        samples = metric_samples(client)
+        assert metric(samples, "feedback_pending") == 3  # an hour's wait: they still wait
+        assert metric(samples, "feedback_total", result="unknown") == 0
