@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from api.fast.compiled import compile_walk
 from api.fast.export import SPEC_FORMAT, export_pipeline
 from api.fast.predictor import CategoricalColumn, FastPredictor, NumericColumn, Scorer, UnsupportedPipeline
 from api.fast.trees import TreeEnsemble, UnsupportedBooster, sigmoid
@@ -26,6 +27,7 @@ __all__ = ["UnsupportedPipeline", "compile_predictor", "compile_spec"]
 
 # Up to this many rows, walking the trees with numpy beats the booster's fixed per-call cost.
 FEW_ROWS = 8
+COMPILED_ROWS = 100
 
 
 class _Spec:
@@ -126,6 +128,14 @@ def _boosted(spec: _Spec, booster_json: bytes | None, width: int, complete_rows:
         trees = TreeEnsemble(booster, iteration_range)
     except UnsupportedBooster:
         return Scorer("fast-xgboost", booster_score, booster_one)
+
+    walk = compile_walk(trees, width)
+    if walk is not None:
+
+        def compiled(matrix: np.ndarray) -> np.ndarray:
+            return walk.predict(matrix) if matrix.shape[0] <= COMPILED_ROWS else booster_score(matrix)
+
+        return Scorer("fast-xgboost", compiled, walk.predict_row, batch_limits=(COMPILED_ROWS,))
 
     def boosted(matrix: np.ndarray) -> np.ndarray:
         return trees.predict(matrix) if matrix.shape[0] <= FEW_ROWS else booster_score(matrix)
