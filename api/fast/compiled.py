@@ -16,7 +16,8 @@ order onto the base margin, then the float32 logistic function. No fastmath: it 
 NaN (dropping the default branches) and reorder the float32 sum.
 
 `compile_walk(trees, width)` is the CompiledWalk, or None (with one log line) when numba is missing or
-fails: the numpy walk then serves, as it did before this module.
+fails: the numpy walk then serves, as it did before this module. Without a writable cache directory it
+compiles uncached (with one log line), at every process start.
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ _compiled: _Kernel | None = None
 
 
 def _kernel() -> _Kernel:
-    """`_probabilities` under numba.njit, created on first use: importing numba costs about half a second,
-    which a service that never serves trees should not pay. Raises whatever numba raises."""
+    """`_probabilities` under numba.njit, created on first use: importing numba costs 0.1-0.3 s, which a
+    service that never serves trees should not pay. Raises whatever numba raises."""
     global _compiled
     if _compiled is None:
         import numba
@@ -139,8 +140,8 @@ class CompiledWalk:
 
 
 def compile_walk(trees: TreeEnsemble, width: int) -> CompiledWalk | None:
-    """The compiled walk of `trees`, or None when numba cannot give one (not installed, no usable cache
-    directory, a compilation error): the caller then walks with numpy."""
+    """The compiled walk of `trees`, or None when numba cannot give one (not installed, a compilation
+    error) or the trees hold an index out of range: the caller then walks with numpy."""
     try:
         return CompiledWalk(trees, width)
     except Exception as error:  # a missing or broken compiler must cost speed, never the model
