@@ -44,7 +44,7 @@ def _probabilities(
     depth: int,
     base_margin: Any,
 ) -> Any:
-    """P(class 1) per row of a float64 matrix. Compiled by numba (see _kernel); plain Python otherwise."""
+    """P(class 1) per row of a float64 matrix; compiled by numba (see _kernel)."""
     rows = matrix.shape[0]
     margins = np.full(rows, base_margin, dtype=np.float32)
     # Tree by tree, each over every row: a tree's nodes stay in cache across the rows, and each row's

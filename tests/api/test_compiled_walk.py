@@ -55,32 +55,37 @@ def split_conditions(trees: TreeEnsemble) -> dict[int, np.ndarray]:
     return {int(feature): np.unique(conditions[features == feature]) for feature in np.unique(features)}
 
 
-def edge_rows(trees: TreeEnsemble) -> np.ndarray:
-    """Rows on and beside the split conditions (exactly equal goes right in XGBoost), a float64 just below a
-    condition that float32 rounds onto it, all-NaN and partly-NaN rows, infinities and huge values."""
+def boundary_rows(trees: TreeEnsemble) -> np.ndarray:
+    """For split conditions of every feature, four rows alike but for that feature: on the condition
+    (XGBoost sends it right), one float32 step below and above, and a float64 below it that float32 rounds
+    onto it. Shape (conditions, 4, width)."""
     rng = np.random.default_rng(11)
-    rows = []
+    groups = []
     for feature, conditions in split_conditions(trees).items():
         for condition in conditions[:20]:
             base = rng.normal(size=WIDTH)
-            for value in (
+            group = np.tile(base, (4, 1))
+            group[:, feature] = (
                 float(condition),
                 float(np.nextafter(condition, np.float32(-np.inf))),
                 float(np.nextafter(condition, np.float32(np.inf))),
-                # Below the float32 condition in float64, equal to it once rounded to float32.
                 float(condition) - abs(float(np.spacing(condition))) / 4,
-            ):
-                row = base.copy()
-                row[feature] = value
-                rows.append(row)
-    rows.append(np.full(WIDTH, np.nan))
-    rows.append(np.where(np.arange(WIDTH) % 2 == 0, np.nan, 0.0))
-    rows.append(np.full(WIDTH, np.inf))
-    rows.append(np.full(WIDTH, -np.inf))
-    rows.append(np.full(WIDTH, 1e300))  # beyond float32: rounds to infinity, as XGBoost reads it
-    rows.append(np.full(WIDTH, -1e300))
-    rows.append(np.zeros(WIDTH))
-    return np.array(rows)
+            )
+            groups.append(group)
+    return np.array(groups)
+
+
+EXTREME_ROWS = np.array(
+    [
+        np.full(WIDTH, np.nan),
+        np.where(np.arange(WIDTH) % 2 == 0, np.nan, 0.0),
+        np.full(WIDTH, np.inf),
+        np.full(WIDTH, -np.inf),
+        np.full(WIDTH, 1e300),  # beyond float32: rounds to infinity, as XGBoost reads it
+        np.full(WIDTH, -1e300),
+        np.zeros(WIDTH),
+    ]
+)
 
 
 def test_the_compiled_walk_replays_xgboost_with_missing_values_and_early_stopping(boosted):
@@ -93,13 +98,17 @@ def test_the_compiled_walk_replays_xgboost_with_missing_values_and_early_stoppin
 
 def test_the_compiled_walk_agrees_on_split_conditions_nans_and_extremes(boosted):
     booster, iterations, _, trees, walk = boosted
-    rows = edge_rows(trees)
+    groups = boundary_rows(trees)
+    rows = np.concatenate([groups.reshape(-1, WIDTH), EXTREME_ROWS])
     expected = xgboost(booster, iterations, rows)
     np.testing.assert_allclose(walk.predict(rows), expected, rtol=0, atol=TOLERANCE)
     np.testing.assert_allclose([walk.predict_row(row) for row in rows], expected, rtol=0, atol=TOLERANCE)
-    # A value one float32 step either side of a condition must be able to change the answer: the rows
-    # above do test the comparison, not only the leaves' sum.
-    assert len(np.unique(expected)) > 10
+    # The rows do reach the comparisons: one float32 step below a condition changes XGBoost's answer (for
+    # the rows whose path goes through a node with that condition), and a float64 below it that rounds onto
+    # it does not (the comparison is in float32).
+    on, below, _, rounded_onto = expected[: groups.size // WIDTH].reshape(-1, 4).T
+    assert (on != below).sum() >= 10
+    np.testing.assert_array_equal(rounded_onto, on)
 
 
 def test_the_compiled_walk_takes_an_empty_batch_and_a_sliced_matrix(boosted):
@@ -110,13 +119,14 @@ def test_the_compiled_walk_takes_an_empty_batch_and_a_sliced_matrix(boosted):
         walk.predict(every_other), xgboost(booster, iterations, every_other), rtol=0, atol=TOLERANCE
     )
     # Copied to the one layout and dtype compiled at load, instead of compiling another on a request.
+    signatures = len(compiled_module._kernel().signatures)
     np.testing.assert_allclose(
         walk.predict(features.astype(np.float32)),
         xgboost(booster, iterations, features),
         rtol=0,
         atol=TOLERANCE,
     )
-    assert len(compiled_module._kernel().signatures) == 1
+    assert len(compiled_module._kernel().signatures) == signatures
 
 
 def test_an_index_out_of_range_is_refused_before_the_compiled_loop_reads_it(boosted, caplog):
