@@ -155,6 +155,12 @@ def probability_index(probabilities: np.ndarray) -> np.ndarray:
     return np.clip(scaled, 0, PROBABILITY_BINS - 1)
 
 
+def probability_labels() -> list[str]:
+    """Each probability bin's label: [0.0, 0.1) ... [0.9, 1.0]."""
+    edges = [round(index / PROBABILITY_BINS, 6) for index in range(PROBABILITY_BINS + 1)]
+    return [f"[{low}, {high}{']' if high == 1 else ')'}" for low, high in pairwise(edges)]
+
+
 def probability_proportions(probabilities: np.ndarray) -> list[float]:
     """The predicted probabilities' distribution over the PROBABILITY_BINS bins: the prediction reference."""
     counts = np.bincount(probability_index(probabilities), minlength=PROBABILITY_BINS)
@@ -205,6 +211,9 @@ class DriftMonitor:
         self.buckets = buckets
         self.capacity = max(1, math.ceil(window_rows / buckets))
         self._counts = np.zeros((buckets, self.width), dtype=np.int64)
+        # Every row counted since the last `drain`: the counts this worker adds to the Prometheus counters
+        # that recording rules sum over every worker and pod (a PSI per worker cannot be combined).
+        self._undrained = np.zeros(self.width, dtype=np.int64)
         self._rows = [0] * buckets
         self._current = 0
         self._single = [0] * self.width
@@ -326,6 +335,7 @@ class DriftMonitor:
             if categorical is not None:
                 counts += categorical[index]
             self._counts[self._current] += counts
+            self._undrained += counts
             self._added(end - begin)
 
     def _one_hot_counts(
@@ -381,8 +391,17 @@ class DriftMonitor:
 
     def _flush(self) -> None:
         if any(self._single):
-            self._counts[self._current] += np.array(self._single, dtype=np.int64)
+            single = np.array(self._single, dtype=np.int64)
+            self._counts[self._current] += single
+            self._undrained += single
             self._single = [0] * self.width
+
+    def drain(self) -> dict[str, np.ndarray]:
+        """What was counted since the last drain, as `counts()` splits it (each feature's bins, then the
+        prediction's), and start afresh. The sliding window is not touched."""
+        self._flush()
+        undrained, self._undrained = self._undrained, np.zeros(self.width, dtype=np.int64)
+        return self._split(undrained)
 
     @property
     def rows(self) -> int:
@@ -396,7 +415,9 @@ class DriftMonitor:
 
     def counts(self) -> dict[str, np.ndarray]:
         """The window's counts of each feature's bins, and of the prediction's."""
-        total = self.window()
+        return self._split(self.window())
+
+    def _split(self, total: np.ndarray) -> dict[str, np.ndarray]:
         found = {
             item.name: total[start : start + item.size]
             for item, start in zip(self.bins, self.offsets, strict=True)

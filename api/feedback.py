@@ -6,10 +6,19 @@ the model: its record `<id>-<i>` is found by that prefix, so a 1,000-row batch c
 thousand strings. A prediction keeps the first label it gets; a later one is a duplicate. Every item,
 matched or not, goes to the feedback log (labels often arrive after an id has left the index, and the
 retraining joins the two logs), and the matched ones to the online metrics' window.
+
+An id this process's index does not hold was often served by another worker or pod. With an inference
+log, such an item is `pending` instead of unknown: api/feedback_join.py looks for it in the log, in the
+background, and it is counted matched or unknown once that is settled. Without one it is unknown at once.
+Each item is counted once in `feedback_total`, by its final result; a pending one when it settles. The
+feedback log gets every item when it arrives, with its result then (`pending` for a waiting one).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +39,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from api.feedback_join import LogJoin, Outcome
 from api.inference_log import Entries, InferenceLog, LogWriter, Stream, arrow_type, timestamps
 from api.loading import ServedModel
 from api.online_metrics import OnlineMetrics
@@ -38,7 +48,10 @@ from api.rejections import Location, issue, key_bound, rejection, unknown_keys
 from api.request_ids import WELL_FORMED
 from api.telemetry import FEEDBACK_RESULTS, Telemetry
 
+log = logging.getLogger(__name__)
+
 MATCHED, UNKNOWN, DUPLICATE = FEEDBACK_RESULTS
+PENDING = "pending"  # an answer's and the feedback log's, never a counter's: it is counted once settled
 FIELDS = frozenset({"request_id", "label"})
 
 
@@ -214,10 +227,12 @@ class FeedbackCounts:
     matched: int
     unknown: int
     duplicate: int
+    pending: int = 0
 
 
 class FeedbackDesk:
-    """The index of recent predictions, the feedback log and the online metrics' window, together."""
+    """The index of recent predictions, the feedback log and the online metrics' window, together; with
+    an inference log, the join of what the index does not hold (`join`) and its background task."""
 
     def __init__(
         self,
@@ -227,12 +242,17 @@ class FeedbackDesk:
         log: LogWriter | None,
         max_batch_size: int,
         max_errors: int,
+        join: LogJoin | None = None,
+        join_interval: float = 30.0,
     ) -> None:
         self.index, self.online, self.telemetry, self.log = index, online, telemetry, log
+        self.join, self.join_interval = join, join_interval
         self._received = _Memory(index.size)
         self._limits = (max_batch_size, max_errors)
         self._models: tuple[ServedModel, FeedbackModels, Stream] | None = None
         self._counters = {result: telemetry.feedback.labels(result) for result in FEEDBACK_RESULTS}
+        self._task: asyncio.Task[None] | None = None
+        self._unreadable_counted = 0  # of join.unreadable, what feedback_join_unreadable_files_total has
 
     def models_of(self, model: ServedModel) -> tuple[FeedbackModels, Stream]:
         if self._models is None or self._models[0] is not model:
@@ -240,28 +260,79 @@ class FeedbackDesk:
         return self._models[1], self._models[2]
 
     def take(self, model: ServedModel, items: Sequence[tuple[str, Label]]) -> FeedbackCounts:
-        """Join each (request id, label) to its prediction, log it, and count it."""
+        """Join each (request id, label) to its prediction, log it, and count it (a pending one later)."""
         positive = model.labels[1]
+        join = self.join
+        partition: str | None = None
         results: list[str] = []
         for request_id, label in items:
-            if request_id in self._received:
+            if request_id in self._received or (join is not None and request_id in join.pending):
                 results.append(DUPLICATE)
                 continue
             probability = self.index.probability(request_id)
-            if probability is None:
+            if probability is not None:
+                self._received.add(request_id)
+                self.online.add(probability, label == positive)  # parse() gave it the labels' own type
+                results.append(MATCHED)
+            elif join is None:
                 results.append(UNKNOWN)
-                continue
-            self._received.add(request_id)
-            self.online.add(probability, label == positive)  # parse() gave it the labels' own type
-            results.append(MATCHED)
-        tally = {result: results.count(result) for result in FEEDBACK_RESULTS}
-        for result, count in tally.items():
-            if count:
-                self._counters[result].inc(count)
+            else:
+                if partition is None:
+                    partition = Stream.partition_of(model).as_posix()
+                join.add(request_id, label == positive, partition)
+                results.append(PENDING)
+        tally = {result: results.count(result) for result in (*FEEDBACK_RESULTS, PENDING)}
+        if tally[PENDING]:
+            assert join is not None
+            self.telemetry.feedback_pending.set(len(join.pending))
+        for result in FEEDBACK_RESULTS:
+            if tally[result]:
+                self._counters[result].inc(tally[result])
         if self.log is not None:
             _, stream = self.models_of(model)
             self.log.submit(stream, len(items), (list(items), results))
-        return FeedbackCounts(tally[MATCHED], tally[UNKNOWN], tally[DUPLICATE])
+        return FeedbackCounts(tally[MATCHED], tally[UNKNOWN], tally[DUPLICATE], tally[PENDING])
+
+    def settle(self, outcome: Outcome) -> None:
+        """Count what a pass of the join settled; a match goes to the online metrics as one at once does."""
+        if self.join is not None:
+            self.telemetry.feedback_pending.set(len(self.join.pending))
+            unreadable = self.join.unreadable - self._unreadable_counted
+            if unreadable:
+                self.telemetry.feedback_join_unreadable.inc(unreadable)
+                self._unreadable_counted += unreadable
+        for request_id, probability, positive in outcome.matched:
+            self._received.add(request_id)
+            self.online.add(probability, positive)
+        if outcome.matched:
+            self._counters[MATCHED].inc(len(outcome.matched))
+        if outcome.unknown:
+            self._counters[UNKNOWN].inc(outcome.unknown)
+
+    async def _run(self) -> None:
+        assert self.join is not None
+        while True:
+            await asyncio.sleep(self.join_interval)
+            try:
+                outcome = await self.join.run_pass()
+            except Exception:  # a bug must cost a pass, not the join: items would wait forever, uncounted
+                log.exception("a pass of the feedback join failed")
+                continue
+            self.settle(outcome)
+
+    async def start(self) -> None:
+        if self.join is not None:
+            self._task = asyncio.create_task(self._run(), name="feedback-join")
+
+    async def stop(self) -> None:
+        """End the join's task; what still waits is unknown, so that every item is counted once."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.join is not None:
+            self.settle(Outcome(unknown=self.join.abandon()))
 
 
 def _feedback_stream(model: ServedModel) -> Stream:

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from api import access, errors, openapi, process
 from api.bodies import BodyDeadlines
 from api.feedback import FeedbackDesk, PredictionIndex, PredictionRecorder
+from api.feedback_join import LogJoin
 from api.inference_log import InferenceLog, LogWriter
 from api.instrumentation import RequestMetrics
 from api.lane import Lane
@@ -45,10 +46,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         writer.start()
     await service.start()
     await online.start()
+    await app.state.feedback.start()
     try:
         # The lifespan state: uvicorn hands it to the HTTP protocol too, which counts its refusals there.
         yield {"telemetry": service.telemetry}
     finally:
+        await app.state.feedback.stop()
         await online.stop()
         await service.stop()
         await app.state.body_deadlines.stop()
@@ -127,8 +130,19 @@ def _add_recording(app: FastAPI, settings: Settings, service: ModelService) -> N
     )
     app.state.log_writers = [writer for writer in (inference, feedback_log) if writer is not None]
     app.state.recorder = PredictionRecorder(index, None if inference is None else InferenceLog(inference))
+    # With an inference log, what the index does not hold is looked for there (api/feedback_join.py).
+    join = None
+    if inference is not None:
+        join = LogJoin(inference.store, wait=settings.feedback_join_wait, size=settings.feedback_index_size)
     app.state.feedback = FeedbackDesk(
-        index, online, telemetry, feedback_log, settings.max_batch_size, settings.max_validation_errors
+        index,
+        online,
+        telemetry,
+        feedback_log,
+        settings.max_batch_size,
+        settings.max_validation_errors,
+        join,
+        settings.drift_interval_seconds,
     )
 
 

@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 
 # sklearn.metrics.log_loss clips probabilities to [eps, 1 - eps] with its dtype's eps: the same here.
 EPSILON = float(np.finfo(np.float64).eps)
+# The bins of the predicted probability that matched items are counted in for the whole service's ROC
+# AUC (the recording rules of monitoring/prometheus/rules/feedback.yml): ties within a bin count half, so
+# the binned AUC can differ from the exact one by at most half the share of positive-negative pairs that
+# share a bin (tests/api/test_service_wide_counts.py checks the bound).
+SCORE_BINS = 50
+ACTUAL = ("negative", "positive")
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,25 @@ def roc_auc(probabilities: np.ndarray, truth: np.ndarray) -> float:
     return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
 
 
+def score_bin_labels() -> list[str]:
+    """Each score bin's upper edge: 0.02 ... 1."""
+    return [format(round((index + 1) / SCORE_BINS, 6), "g") for index in range(SCORE_BINS)]
+
+
+def score_bin(probability: float) -> int:
+    index = int(probability * SCORE_BINS)
+    return index if index < SCORE_BINS else SCORE_BINS - 1
+
+
+def binned_roc_auc(counts: np.ndarray) -> float:
+    """ROC AUC from counts[actual][bin] (negatives first), ties within a bin counting half: what the
+    recording rules compute from the counters' sums."""
+    negatives, positives = np.asarray(counts[0], dtype=np.float64), np.asarray(counts[1], dtype=np.float64)
+    below = np.concatenate([[0.0], np.cumsum(negatives)[:-1]])
+    pairs = positives.sum() * negatives.sum()
+    return math.nan if pairs == 0 else float(np.sum(positives * (below + 0.5 * negatives)) / pairs)
+
+
 def figures(probabilities: np.ndarray, truth: np.ndarray, threshold: float) -> OnlineFigures:
     if probabilities.size == 0:
         return OnlineFigures(0, math.nan, math.nan, math.nan)
@@ -84,12 +109,49 @@ class OnlineMetrics:
         self.telemetry = telemetry
         self._threshold = threshold  # the serving model's decision threshold (None: no model yet)
         self._task: asyncio.Task[None] | None = None
+        # What this worker adds to the service-wide counters at the next publish: counts by true class
+        # and score bin, the items predicted right, their summed log loss.
+        self._scores = [[0] * SCORE_BINS, [0] * SCORE_BINS]
+        self._correct = 0
+        self._loss = 0.0
+        labels = score_bin_labels()
+        self._score_counters = [
+            [telemetry.online_scores.labels(actual, label) for label in labels] for actual in ACTUAL
+        ]
+        self._below_counters = [
+            [telemetry.online_scores_below.labels(actual, label) for label in labels] for actual in ACTUAL
+        ]
 
     def add(self, probability: float, positive: bool) -> None:
         self.window.append((probability, positive))
+        self._scores[positive][score_bin(probability)] += 1
+        threshold = self._threshold()
+        if threshold is not None and (probability > threshold) == positive:
+            self._correct += 1
+        clipped = min(max(probability, EPSILON), 1 - EPSILON)
+        self._loss -= math.log(clipped) if positive else math.log1p(-clipped)
+
+    def drain(self) -> None:
+        """Add what was counted since the last drain to the service-wide counters."""
+        telemetry = self.telemetry
+        for actual, counts in enumerate(self._scores):
+            below = 0
+            for index, count in enumerate(counts):
+                if count:
+                    self._score_counters[actual][index].inc(count)
+                if below:
+                    self._below_counters[actual][index].inc(below)
+                below += count
+        if self._correct:
+            telemetry.online_correct.inc(self._correct)
+        if self._loss:
+            telemetry.online_loss.inc(self._loss)
+        self._scores = [[0] * SCORE_BINS, [0] * SCORE_BINS]
+        self._correct, self._loss = 0, 0.0
 
     def publish(self) -> OnlineFigures | None:
         """Compute the figures over the window and set the gauges (nothing while no model serves)."""
+        self.drain()
         threshold = self._threshold()
         if threshold is None:
             return None

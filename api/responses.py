@@ -116,8 +116,19 @@ class ModelResponse(BaseModel):
 
 class FeedbackResponse(BaseModel):
     matched: int = Field(ge=0, description="Items joined to a prediction still in the index.")
-    unknown: int = Field(ge=0, description="Items whose request id is not (or no longer) in the index.")
+    unknown: int = Field(
+        ge=0,
+        description="Items whose request id is not (or no longer) in the index; with an inference log, "
+        "such an item is pending instead.",
+    )
     duplicate: int = Field(ge=0, description="Items for a prediction that already has its label (kept).")
+    pending: int = Field(
+        ge=0,
+        description="Items whose request id this process's index does not hold, left to wait for their "
+        "prediction to show in the inference log (another worker's or pod's): each is counted in "
+        "feedback_total later, matched once found there, unknown if FEEDBACK_JOIN_WAIT_SECONDS pass first. "
+        "Always 0 without INFERENCE_LOG_DIR.",
+    )
     request_id: str = Field(description=REQUEST_ID_DESCRIPTION)
 
 

@@ -127,6 +127,15 @@ class Settings(BaseSettings):
     feedback_index_size: int = Field(
         default=100_000, ge=1, description="Recent request ids /feedback can join to their prediction."
     )
+    feedback_join_wait_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="With INFERENCE_LOG_DIR: how long a /feedback item whose id this process's index does not "
+        "hold waits (pending) for its prediction to show in the inference log, which a background pass reads "
+        "every DRIFT_INTERVAL_SECONDS; then it is unknown. Unset: 2 x INFERENCE_LOG_FLUSH_SECONDS + "
+        "DRIFT_INTERVAL_SECONDS, time for the prediction's file to close (one flush interval), for a late "
+        "writer or upload (another) and for the next pass to read it.",
+    )
     online_metrics_window: int = Field(
         default=1000, ge=1, description="The last matched feedback items the online metrics rest on."
     )
@@ -182,6 +191,13 @@ class Settings(BaseSettings):
             return self.model_uri
         name, alias = self.registered_model
         return f"models:/{name}@{alias}"
+
+    @property
+    def feedback_join_wait(self) -> float:
+        """FEEDBACK_JOIN_WAIT_SECONDS, else its default from the log's flush interval and the join's."""
+        if self.feedback_join_wait_seconds is not None:
+            return self.feedback_join_wait_seconds
+        return 2 * self.inference_log_flush_seconds + self.drift_interval_seconds
 
     @property
     def feedback_log(self) -> str | None:

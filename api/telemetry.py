@@ -350,6 +350,19 @@ class Telemetry:
         )
         for result in FEEDBACK_RESULTS:
             self.feedback.labels(result)
+        # The join from the inference log (api/feedback_join.py), with an inference log only.
+        self.feedback_pending = Gauge(
+            "feedback_pending",
+            "Feedback items waiting for their prediction to show in the inference log (another worker's or "
+            "pod's), counted in feedback_total once settled.",
+            registry=registry,
+            multiprocess_mode="livesum",  # what waits in every live worker
+        )
+        self.feedback_join_unreadable = Counter(
+            "feedback_join_unreadable_files",
+            "Inference log files the feedback join could not read (logged; not tried again).",
+            registry=registry,
+        )
         # The online and drift figures are each worker's own, over the requests it served: a PSI or an AUC
         # per worker cannot be added or averaged into the whole's. livemostrecent: the figures of whichever
         # worker published last, a real window over about 1/WORKERS of the traffic (each worker's figures
@@ -430,6 +443,70 @@ class Telemetry:
             ["metric"],
             registry=registry,
             multiprocess_mode="livemostrecent",
+        )
+        # The same figures for the whole service, however many workers and pods: each worker adds what it
+        # counted to these counters (in the background, every DRIFT_INTERVAL_SECONDS), Prometheus sums
+        # them, and the recording rules of monitoring/prometheus/rules/drift.yml and feedback.yml compute
+        # PSI and the online metrics from the sums. Labelled by model version, since a PSI compares a
+        # version's rows with its own reference; every bin starts at 0 when a version is swapped in.
+        self.feature_drift_bin_rows = Counter(
+            "feature_drift_bin_rows",
+            "Rows scored, by the bin of each feature they fall in (api/drift.py's bins), by model version.",
+            ["model_version", "feature", "bin"],
+            registry=registry,
+        )
+        self.prediction_drift_bin_rows = Counter(
+            "prediction_drift_bin_rows",
+            "Rows scored, by the bin of their predicted probability, by model version.",
+            ["model_version", "bin"],
+            registry=registry,
+        )
+        # The same in every worker that serves the version: livemax reads it.
+        self.feature_drift_reference = ClearableGauge(
+            "feature_drift_reference_proportion",
+            "The share of training rows in each bin of each feature, by model version.",
+            ["model_version", "feature", "bin"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.prediction_drift_reference = ClearableGauge(
+            "prediction_drift_reference_proportion",
+            "The share of held-out rows in each bin of the predicted probability, by model version.",
+            ["model_version", "bin"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.drift_proportion_floor = Gauge(
+            "drift_proportion_floor",
+            "What an empty bin's proportion counts as in a PSI, so that it is large, not infinite.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        # Matched feedback, for the online metrics of the whole service: by the true class and the bin of
+        # the predicted probability (ROC AUC from the bins, ties within a bin counting half), and the
+        # items predicted right and their summed log loss (accuracy and mean log loss).
+        self.online_scores = Counter(
+            "model_online_scores",
+            "Matched feedback items, by true class and by the bin of the predicted probability (its upper "
+            "edge).",
+            ["actual", "bin"],
+            registry=registry,
+        )
+        self.online_scores_below = Counter(
+            "model_online_scores_below",
+            "Matched feedback items, by true class, whose predicted probability is in a lower bin than this.",
+            ["actual", "bin"],
+            registry=registry,
+        )
+        self.online_correct = Counter(
+            "model_online_correct",
+            "Matched feedback items whose predicted label, at the model's threshold, was the true one.",
+            registry=registry,
+        )
+        self.online_loss = Counter(
+            "model_online_loss",
+            "The log loss of the matched feedback items, summed.",
+            registry=registry,
         )
         self.drift_window_rows.set(0)
         self._merged: CollectorRegistry | None = None

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from api.drift import DriftMonitor, feature_bins
+from api.drift import PREDICTION, PROPORTION_FLOOR, DriftMonitor, feature_bins, probability_labels
 from api.fast import FastPredictor
 from api.loading import ServedModel
 from api.monitoring import parse_monitoring
@@ -18,6 +20,16 @@ from api.settings import Settings
 from api.telemetry import BODY_FIELD, UNKNOWN_FIELD, Telemetry
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Exported:
+    """A drift window and the counter children its counts are added to: one list per quantity (each
+    feature, then PREDICTION), a child per bin, in the window's bin order."""
+
+    drift: DriftMonitor
+    version: str
+    children: dict[str, list[Any]]
 
 
 class ModelWatch:
@@ -34,8 +46,17 @@ class ModelWatch:
                 telemetry.drift_window_rows,
                 telemetry.drift_psi_threshold,
                 telemetry.drift_min_window_rows,
+                telemetry.feature_drift_bin_rows,
+                telemetry.prediction_drift_bin_rows,
+                telemetry.feature_drift_reference,
+                telemetry.prediction_drift_reference,
+                telemetry.drift_proportion_floor,
             ):
                 telemetry.registry.unregister(gauge)
+        else:
+            telemetry.drift_proportion_floor.set(PROPORTION_FLOOR)
+        self._exported: _Exported | None = None
+        self._retired: _Exported | None = None  # the version before: its last counts may still be scraped
 
     def start(self, model: ServedModel) -> DriftMonitor | None:
         """The new model's figures exported, and its drift window, empty (None with DRIFT_MONITORING=false).
@@ -75,8 +96,53 @@ class ModelWatch:
         if isinstance(model.predictor, FastPredictor):  # its one-hot matrix already holds the categories
             drift.read_one_hot(model.predictor.one_hot_positions, model.predictor.width)
         telemetry.feature_drift_psi.clear()
+        self._export(drift, model.registry.version or "")
         self.publish(drift)
         return drift
+
+    def _export(self, drift: DriftMonitor, version: str) -> None:
+        """The new version's reference proportions, and its bin counters at 0; the outgoing version's last
+        counts added to its own counters. Only the outgoing version's counters are kept besides the new
+        one's: a long-running service that swaps often keeps a bounded set of series."""
+        telemetry = self.telemetry
+        if self._exported is not None:
+            self._drain(self._exported)
+            if self._retired is not None and self._retired.version not in (version, self._exported.version):
+                self._forget(self._retired)
+            self._retired = self._exported
+        telemetry.feature_drift_reference.clear()
+        telemetry.prediction_drift_reference.clear()
+        children: dict[str, list[Any]] = {}
+        for item in drift.bins:
+            labels = item.labels()
+            for label, share in zip(labels, item.reference, strict=True):
+                telemetry.feature_drift_reference.labels(version, item.name, label).set(float(share))
+            children[item.name] = [
+                telemetry.feature_drift_bin_rows.labels(version, item.name, label) for label in labels
+            ]
+        labels = probability_labels()
+        if drift.prediction_reference is not None:
+            for label, share in zip(labels, drift.prediction_reference, strict=True):
+                telemetry.prediction_drift_reference.labels(version, label).set(float(share))
+        children[PREDICTION] = [
+            telemetry.prediction_drift_bin_rows.labels(version, label) for label in labels
+        ]
+        self._exported = _Exported(drift, version, children)
+
+    def _drain(self, exported: _Exported) -> None:
+        counts = exported.drift.drain()
+        for name, children in exported.children.items():
+            for child, count in zip(children, counts[name].tolist(), strict=True):
+                if count:
+                    child.inc(count)
+
+    def _forget(self, exported: _Exported) -> None:
+        # In multiprocess mode a series lives on in its worker's file whatever this process does (and
+        # prometheus_client warns): there the set stays bounded by the worker's lifetime instead.
+        if not self.telemetry.multiprocess:
+            version = {"model_version": exported.version}
+            self.telemetry.feature_drift_bin_rows.remove_by_labels(version)
+            self.telemetry.prediction_drift_bin_rows.remove_by_labels(version)
 
     def publish(self, drift: DriftMonitor) -> None:
         """The window's PSI now, into the gauges: NaN where there is nothing to compare (no rows yet, or no
@@ -86,3 +152,5 @@ class ModelWatch:
         for item in drift.bins:
             self.telemetry.feature_drift_psi.labels(item.name).set(features.get(item.name, math.nan))
         self.telemetry.prediction_drift_psi.set(math.nan if prediction is None else prediction)
+        if self._exported is not None and self._exported.drift is drift:
+            self._drain(self._exported)

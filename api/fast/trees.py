@@ -3,7 +3,8 @@
 `Booster.inplace_predict` has a fixed cost of about 0.2 ms per call (it builds a proxy matrix, re-reads the
 cgroup CPU quota and allocates per-call buffers), which is most of a one-row request. Walking all trees
 at once with numpy gathers costs about 40 µs for one row. For large batches the booster's C++ loop wins,
-so the compiler uses this only up to a row count (`FEW_ROWS` in api/fast/compiler.py). It replays
+so the compiler uses this only up to a row count (`FEW_ROWS` in api/fast/compiler.py), and only when the
+compiled walk over the same arrays (api/fast/compiled.py, about ten times faster) is unavailable. It replays
 XGBoost's arithmetic: float32 features and split conditions, `value < condition` goes left, missing values
 take the default branch, leaf values summed in float32 in tree order onto the base margin, then the
 logistic function.

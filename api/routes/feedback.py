@@ -47,6 +47,7 @@ async def feedback(request: Request) -> Response:
             "matched": counts.matched,
             "unknown": counts.unknown,
             "duplicate": counts.duplicate,
+            "pending": counts.pending,
             "request_id": request_ids.of(request.scope),
         }
     )

@@ -3,10 +3,14 @@ lifespan, and reading /metrics."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import math
 import shutil
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
@@ -210,6 +214,74 @@ def build_registry(trained_pipeline: Any, workdir: Path) -> ApiRegistry:
 
 
 # ---------------------------------------------------------------------------------------------- processes
+# A server started as real processes (tests/api/test_workers.py), over HTTP.
+THREADS, PER_CONNECTION = 8, 25  # 80 connections: each is served by the one worker that accepted it
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(base: str) -> Samples:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    wanted = set(labels.items())
+    return sum(value for (sample, found), value in samples.items() if sample == name and wanted <= found)
+
+
+def by_pid(samples: Samples, name: str) -> dict[int, float]:
+    return {int(dict(labels)["pid"]): value for (sample, labels), value in samples.items() if sample == name}
+
+
+def wait_for_workers(base: str, workers: int, timeout: float = 90.0) -> Samples:
+    """/metrics once `workers` worker processes are up, each with its model."""
+    samples: Samples = {}
+
+    def loaded() -> bool:
+        nonlocal samples
+        samples = scrape(base)
+        # model_loaded is livemin: 1 only when every live worker serves a model
+        return (
+            len(by_pid(samples, "process_start_time_seconds")) == workers
+            and total(samples, "model_loaded") == 1
+        )
+
+    wait_until(loaded, timeout, f"{workers} workers, each with its model")
+    return samples
+
+
+def send(base: str, requests: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """Each request on its thread's connection, a new connection every PER_CONNECTION requests."""
+    host, port = base.removeprefix("http://").split(":")
+
+    def run(share: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+        answers, connection = [], None
+        for number, (path, body) in enumerate(share):
+            if number % PER_CONNECTION == 0:
+                if connection is not None:
+                    connection.close()
+                connection = http.client.HTTPConnection(host, int(port), timeout=30)
+            assert connection is not None
+            connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == 200, answer
+            answers.append(answer)
+        if connection is not None:
+            connection.close()
+        return answers
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        shares = pool.map(run, [requests[start::THREADS] for start in range(THREADS)])
+        return [answer for share in shares for answer in share]
+
+
 # ---------------------------------------------------------------------------------------------- the app
 def read_log(root: Path) -> pd.DataFrame:
     """What a reader sees of an inference or feedback log: every complete file, with the partition columns.

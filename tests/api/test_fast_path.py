@@ -14,9 +14,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
 from xgboost import XGBClassifier
 
-from api.fast import UnsupportedPipeline, compile_predictor, verify_parity
+from api.fast import UnsupportedPipeline, compile_predictor, compiler, verify_parity
 from api.fast import trees as trees_module
-from api.fast.compiler import FEW_ROWS
 from api.fast.parity import parity_batch_sizes
 from api.fast.trees import TreeEnsemble, sigmoid
 from api.predictor import Columns
@@ -189,6 +188,7 @@ def test_the_trees_replay_xgboost_with_missing_values_and_early_stopping():
 
 def test_trees_too_deep_to_pad_serve_one_record_through_the_few_rows_walk(monkeypatch):
     monkeypatch.setattr(trees_module, "COMPLETE_LEVELS_MAX_DEPTH", 0)
+    monkeypatch.setattr(compiler, "compile_walk", lambda *_: None)  # the numpy walk, as without numba
     train, test = frame(600, 1), frame(200, 2)
     fitted = pipeline(CLASSIFIERS["xgboost"]()).fit(train, target(train))
     fast = compile_predictor(fitted, COLUMNS, positive_index=1)
@@ -203,7 +203,7 @@ def test_the_parity_check_tries_every_route_the_predictor_serves(family, monkeyp
     train, test = frame(600, 1), frame(300, 2)
     fitted = pipeline(CLASSIFIERS[family]()).fit(train, target(train))
     fast = compile_predictor(fitted, COLUMNS, positive_index=1)
-    assert fast.batch_limits == ((FEW_ROWS,) if family == "xgboost" else ())
+    assert fast.batch_limits == ((compiler.COMPILED_ROWS,) if family == "xgboost" else ())
     sizes: list[int] = []
     score = fast.score
     monkeypatch.setattr(fast, "score", lambda matrix: sizes.append(len(matrix)) or score(matrix))
@@ -220,6 +220,8 @@ def test_the_parity_check_tries_every_route_the_predictor_serves(family, monkeyp
 
 
 def test_the_parity_check_catches_a_route_that_goes_wrong(monkeypatch):
+    # The numpy walk's route, as without numba (tests/api/test_compiled_walk.py shifts the compiled one).
+    monkeypatch.setattr(compiler, "compile_walk", lambda *_: None)
     train, test = frame(600, 1), frame(300, 2)
     fitted = pipeline(CLASSIFIERS["xgboost"]()).fit(train, target(train))
     expected = fitted.predict_proba(test)[:, 1]

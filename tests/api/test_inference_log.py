@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
 from datetime import date, timedelta
 
 import boto3
@@ -16,7 +15,6 @@ from pydantic import ValidationError
 from api import inference_log, log_store
 from api.settings import Settings
 from tests.api.support import metric, metric_samples, read_log, serving, wait_until
-from tests.support.services import moto_server
 
 pytestmark = pytest.mark.slow
 
@@ -179,22 +177,6 @@ def test_without_a_directory_nothing_is_logged(api_registry):
 def test_a_location_the_service_cannot_write_is_refused_at_start(variable, location, refusal):
     with pytest.raises(ValidationError, match=refusal):
         Settings(model_uri="models/m", **{variable: location})
-
-
-@pytest.fixture
-def s3_bucket(tmp_path, monkeypatch) -> Iterator[str]:
-    """A bucket on a real S3 API on loopback (moto), and the AWS variables the service reads it with."""
-    url, server = moto_server(tmp_path / "moto.log")
-    with server:
-        variables = {"AWS_ENDPOINT_URL": url, "AWS_DEFAULT_REGION": "us-east-1"}
-        for name, value in {
-            **variables,
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-        }.items():
-            monkeypatch.setenv(name, value)
-        boto3.client("s3").create_bucket(Bucket="logs")
-        yield "logs"
 
 
 def test_both_logs_go_to_s3_keep_their_layout_and_retention_and_read_back_while_written(

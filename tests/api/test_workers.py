@@ -8,34 +8,25 @@ the parent's child processes (/proc) and the per-worker `process_*` series."""
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import pickle
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 import uvicorn
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
-from prometheus_client.parser import text_string_to_metric_families
 
 from api.__main__ import uvicorn_options
 from api.settings import Settings
 from api.telemetry import MULTIPROC_DIR, PROBABILITY_BUCKETS, multiprocess_directory
-from tests.api.support import wait_until
+from tests.api.support import Samples, by_pid, scrape, send, total, wait_for_workers, wait_until
 from tests.support.processes import REPO_ROOT, free_port, running, subprocess_env
 
 SINGLE, BATCHES, BATCH_ROWS = 1800, 200, 5  # 2,000 requests, 1,000 batch rows
-THREADS, PER_CONNECTION = 8, 25  # 80 connections: each is served by the one worker that accepted it
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 # ------------------------------------------------------------------------------------- start-up, no model
@@ -112,25 +103,6 @@ def test_batch_histogram_files_merge_as_a_stock_histogram_s(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- the real processes
-def scrape(base: str) -> Samples:
-    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    wanted = set(labels.items())
-    return sum(value for (sample, found), value in samples.items() if sample == name and wanted <= found)
-
-
-def by_pid(samples: Samples, name: str) -> dict[int, float]:
-    return {int(dict(labels)["pid"]): value for (sample, labels), value in samples.items() if sample == name}
-
-
 def served_versions(samples: Samples) -> dict[str, float]:
     return {
         dict(labels)["version"]: value for (name, labels), value in samples.items() if name == "model_info"
@@ -139,32 +111,6 @@ def served_versions(samples: Samples) -> dict[str, float]:
 
 def children(pid: int) -> set[int]:
     return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-
-
-def send(base: str, requests: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-    """Each request on its thread's connection, a new connection every PER_CONNECTION requests."""
-    host, port = base.removeprefix("http://").split(":")
-
-    def run(share: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-        answers, connection = [], None
-        for number, (path, body) in enumerate(share):
-            if number % PER_CONNECTION == 0:
-                if connection is not None:
-                    connection.close()
-                connection = http.client.HTTPConnection(host, int(port), timeout=30)
-            assert connection is not None
-            connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            answer = json.loads(response.read())
-            assert response.status == 200, answer
-            answers.append(answer)
-        if connection is not None:
-            connection.close()
-        return answers
-
-    with ThreadPoolExecutor(THREADS) as pool:
-        shares = pool.map(run, [requests[start::THREADS] for start in range(THREADS)])
-        return [answer for share in shares for answer in share]
 
 
 def settled(base: str, before: Samples, sent: int) -> Samples:
@@ -207,6 +153,7 @@ def test_two_workers_serve_one_port_add_up_and_follow_the_alias(own_registry, tm
         MODEL_ALIAS="production",
         WORKERS="2",
         RELOAD_INTERVAL_SECONDS="0.5",
+        DRIFT_INTERVAL_SECONDS="0.2",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
     for variable in ("MODEL_URI", "WEB_CONCURRENCY"):
@@ -220,18 +167,7 @@ def test_two_workers_serve_one_port_add_up_and_follow_the_alias(own_registry, tm
     with running(
         command, tmp_path / "api.log", ready_url=f"{base}/ready", timeout=120, env=env, cwd=REPO_ROOT
     ) as parent:
-        samples: Samples = {}
-
-        def both_loaded() -> bool:
-            nonlocal samples
-            samples = scrape(base)
-            # model_loaded is livemin: 1 only when every live worker serves a model
-            return (
-                len(by_pid(samples, "process_start_time_seconds")) == 2
-                and total(samples, "model_loaded") == 1
-            )
-
-        wait_until(both_loaded, 90, "two workers, each with its model")
+        samples = wait_for_workers(base, 2)
         workers = set(by_pid(samples, "process_start_time_seconds"))
         assert workers <= children(parent.pid), "the pids on /metrics are the supervisor's worker processes"
         assert set(by_pid(samples, "process_resident_memory_bytes")) == workers
@@ -267,6 +203,19 @@ def test_two_workers_serve_one_port_add_up_and_follow_the_alias(own_registry, tm
         assert {answer.get("model_version") for answer in answers[:SINGLE]} == {own_registry.production}
         assert served_versions(after) == {own_registry.production: 1}
 
+        # Each worker adds its drift counts in the background: their sum over the two is every row scored,
+        # what the recording rules compute the service's PSI from. The reference is one series per bin.
+        def drift_rows(version: str) -> float:
+            nonlocal samples
+            samples = scrape(base)
+            return total(samples, "prediction_drift_bin_rows_total", model_version=version)
+
+        wait_until(
+            lambda: drift_rows(own_registry.production) == SINGLE + BATCHES * BATCH_ROWS, 10, "drift counts"
+        )
+        references = [labels for (name, labels) in samples if name == "prediction_drift_reference_proportion"]
+        assert len(references) == len(set(references)) == 10
+
         # The alias moves: each worker polls it on its own, and model_info (livemax) leaves the old version
         # only once no live worker serves it.
         own_registry.set_alias("production", own_registry.challenger)
@@ -283,6 +232,7 @@ def test_two_workers_serve_one_port_add_up_and_follow_the_alias(own_registry, tm
         latest = settled(base, samples, 200)
         now = by_pid(latest, "http_worker_requests")
         assert all(now[pid] > answered[pid] for pid in workers), "both workers answered on the new version"
+        wait_until(lambda: drift_rows(own_registry.challenger) == 200, 10, "the new version's own counts")
 
         # A worker that dies is replaced by uvicorn's supervisor; its live gauges go with it, its counts stay.
         victim = min(workers)

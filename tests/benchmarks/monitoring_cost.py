@@ -195,9 +195,12 @@ def timed(label: str, work: Callable[[], Any], repeat: int) -> Any:
 async def parts(options: argparse.Namespace, log_dir: Path) -> None:
     """Each step of a monitored 1,000-row batch on its own, CPU µs per batch (median of 5 runs)."""
     import numpy as np
+    import pyarrow as pa
+    from pyarrow.fs import LocalFileSystem
 
     from api.drift import DriftMonitor
-    from api.inference_log import BATCH, write_parquet
+    from api.inference_log import BATCH
+    from api.log_store import write_parquet
     from api.main import create_app
     from api.responses import batch_body
     from api.routes.predictions import numeric_arrays
@@ -243,9 +246,13 @@ async def parts(options: argparse.Namespace, log_dir: Path) -> None:
             writer._queued_rows = 0
         entry = (time.time(), (BATCH, "0123456789abcdef", converted, probabilities, positive, codes))
         table = timed("writer: stream.build (one batch)", lambda: stream.build([entry]), repeat)
-        big = __import__("pyarrow").concat_tables([table] * 20)
-        target = log_dir / "parts.parquet"
-        timed("writer: write_parquet (per 1,000 of 20,000)", lambda: write_parquet(big, target), 3)
+        big = pa.concat_tables([table] * 20)
+        target = str(log_dir / "parts.parquet")
+        timed(
+            "writer: write_parquet (per 1,000 of 20,000)",
+            lambda: write_parquet(big, LocalFileSystem(), target),
+            3,
+        )
         registry = model.registry
         timed(
             "batch_body",

@@ -50,7 +50,7 @@ from tests.support.services import mlflow_server
 # Test-only: long enough to go through `pending`, short enough that the test does not wait minutes.
 SHORT_FOR = "1s"
 TRAFFIC_LIMIT = 5000  # requests of the background load, at most
-DRIFT_WINDOW_ROWS = 2000  # above params.yaml's drift.min_window_rows (1,000), so the drift alerts may fire
+DRIFT_WINDOW_ROWS = 2000  # each worker's own window; the alerts read the rules' 30 minutes
 BATCH_ROWS = 1000
 API_SERIES = [
     'up{job="api"} == 1',
@@ -144,19 +144,29 @@ def drive_traffic(
 
 
 class BackgroundLoad:
-    """A steady trickle of valid predictions, so that every 1m rate and quantile has fresh samples while
-    the dashboards are evaluated. Bounded in count; stops on request."""
+    """A steady trickle of valid predictions and of feedback on them, so that every rate, quantile and
+    counter increase has fresh samples while the dashboards are evaluated (the online figures are
+    increases of counters: feedback sent before Prometheus' first scrape shows none). Bounded in count;
+    stops on request."""
 
-    def __init__(self, api: str, rows: list[dict[str, Any]], key: str):
+    FEEDBACK_EVERY = 20
+
+    def __init__(self, api: str, rows: list[dict[str, Any]], labels: list[Any], key: str):
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(api, rows, key), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(api, rows, labels, key), daemon=True)
 
-    def _run(self, api: str, rows: list[dict[str, Any]], key: str) -> None:
+    def _run(self, api: str, rows: list[dict[str, Any]], labels: list[Any], key: str) -> None:
+        feedback = []
         for index in range(TRAFFIC_LIMIT):
             if self._stop.wait(0.05):
                 return
             try:
-                post(f"{api}/predict", rows[index % len(rows)], key)
+                status, answer = post_for_answer(f"{api}/predict", rows[index % len(rows)], key)
+                if status == 200:
+                    feedback.append({"request_id": answer["request_id"], "label": labels[index % len(rows)]})
+                if len(feedback) == self.FEEDBACK_EVERY:
+                    post(f"{api}/feedback", feedback, key)
+                    feedback = []
             except OSError:
                 return
 
@@ -286,7 +296,7 @@ def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(t
                 assert statuses.get(200) == len(rows) + 3, statuses
                 assert statuses.get(422) == 2, statuses
 
-                with BackgroundLoad(api, rows, key):
+                with BackgroundLoad(api, rows, labels, key):
                     # 1. Prometheus holds the api's series.
                     for series in API_SERIES:
                         wait_until(lambda s=series: sample_values(query(prometheus, s, as_prometheus)), 60,
@@ -306,13 +316,12 @@ def test_traffic_reaches_every_dashboard_and_a_stopped_api_reaches_the_webhook(t
                     for panel in container_panels:  # no cAdvisor here: they only have to evaluate
                         sample_values(query(prometheus, panel.expr, as_prometheus))
 
-                # 3. The population shifts: every client now sends people 25 years older. FeatureDrift,
-                # labelled with the feature, must travel to the webhook once the window holds the shift.
-                for _ in range(DRIFT_WINDOW_ROWS // BATCH_ROWS + 1):
+                # 3. The population shifts: every client now sends people 25 years older, until FeatureDrift,
+                # labelled with the feature, travels to the webhook. The rules' PSI is over the last 30
+                # minutes of every worker's rows: the shifted ones must outweigh the traffic before them.
+                def age_drift() -> list[tuple[str, dict[str, Any]]]:
                     status = post(f"{api}/predict/batch", {"records": shifted(rows, BATCH_ROWS, params)}, key)
                     assert status == 200
-
-                def age_drift() -> list[tuple[str, dict[str, Any]]]:
                     return [(receiver, alert) for receiver, alert in webhook.alerts("FeatureDrift")
                             if alert["labels"].get("feature") == "age" and alert["status"] == "firing"]  # fmt: skip
 

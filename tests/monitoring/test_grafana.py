@@ -127,20 +127,29 @@ def test_the_service_dashboard_shows_drift_and_online_quality_against_the_model_
     assert {"Drift", "Online quality"} <= rows
     exprs = " ".join(target["expr"] for panel in panels(service) for target in panel.get("targets", []))
     for needle in [
-        "feature_drift_psi{",
+        # The service's figures, from every worker's and pod's counts (rules/drift.yml, feedback.yml):
+        # no worker's own window, which could not be combined.
+        "job_model_version_feature:feature_drift_psi:30m{",
         "feature_drift_psi_threshold",  # the thresholds come from the model, not from the dashboard
-        "prediction_drift_psi",
-        "drift_window_rows",
+        "job_model_version:prediction_drift_psi:30m",
+        "job_model_version:drift_rows:increase30m",
         "drift_min_window_rows",
-        "model_online_accuracy",
-        "model_online_roc_auc",
-        "model_online_log_loss",
-        "model_online_samples",
+        "job:model_online_accuracy:1h",
+        "job:model_online_roc_auc:1h",
+        "job:model_online_log_loss:1h",
+        "job:model_online_samples:increase1h",
         "feedback_total",
         "model_test_metric",
         "model_quality_floor",
     ]:
         assert needle in exprs, needle
+    for per_worker in (
+        "feature_drift_psi{",
+        "prediction_drift_psi{",
+        "drift_window_rows",
+        "model_online_roc_auc{",
+    ):
+        assert per_worker not in exprs, per_worker
 
 
 def test_the_containers_dashboard_shows_cpu_memory_against_limit_and_network_per_service():

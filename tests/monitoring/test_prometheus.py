@@ -95,7 +95,7 @@ def test_drift_alerts_compare_against_the_thresholds_the_model_exports():
     for rule in drift:
         level = "warning" if rule["alert"].endswith("Warning") else "alert"
         assert f'feature_drift_psi_threshold{{level="{level}"}}' in rule["expr"], rule["alert"]
-        assert "job_instance:drift_window:enough_rows" in rule["expr"], rule["alert"]
+        assert "job_model_version:drift_window:enough_rows" in rule["expr"], rule["alert"]
         assert not re.search(r"\b0\.\d+\b|\b1000\b", rule["expr"]), rule["alert"]
     (feature,) = [rule for rule in drift if rule["alert"] == "FeatureDrift"]
     assert feature["for"] == "15m"

@@ -1,0 +1,189 @@
+"""The join of /feedback items to predictions another process served, through the inference log
+(api/feedback_join.py): a waiting id is matched from a file that shows later, or from one read before;
+it is unknown once its wait runs out; a bad file is counted and passed over; and in the app, a pending
+item is counted once, when it settles, and reaches the online metrics as an immediate match does."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from api.feedback_join import LogJoin, Outcome
+from api.log_store import LogStore
+from tests.api.support import metric, metric_samples, negative_and_positive, serving, wait_until
+
+PARTITION = "model_name=m/model_version=1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def today() -> str:
+    return datetime.now(UTC).date().isoformat()
+
+
+def log_file(root: Path | str, partition: str, ids: list[str], probabilities: list[float]) -> None:
+    """A file as another worker's inference log writer leaves it (its features left out)."""
+    table = pa.table(
+        {
+            "request_id": pa.array(ids, pa.string()),
+            "time": pa.array([datetime.now(UTC)] * len(ids), pa.timestamp("us", tz="UTC")),
+            "probability": pa.array(probabilities, pa.float64()),
+            "label": pa.array(["x"] * len(ids), pa.string()),
+        }
+    )
+    LogStore.of(str(root)).write(table, f"{partition}/date={today()}/00-{uuid.uuid4()}.parquet")
+
+
+def settle(join: LogJoin) -> Outcome:
+    return asyncio.run(join.run_pass())
+
+
+def test_a_waiting_id_is_matched_from_a_file_that_shows_later_or_was_read_before(tmp_path):
+    join = LogJoin(LogStore.of(str(tmp_path)), wait=60, size=100, clock=Clock())
+    join.add("other-1", True, PARTITION)
+    join.add("batch-2", False, PARTITION)
+    assert settle(join) == Outcome()  # no file yet: both wait
+    assert list(join.pending) == ["other-1", "batch-2"]
+
+    log_file(tmp_path, PARTITION, ["other-0", "other-1"], [0.1, 0.2])
+    log_file(tmp_path, PARTITION, ["batch-0", "batch-1", "batch-2"], [0.3, 0.4, 0.5])  # `<id>-<i>` each
+    assert sorted(settle(join).matched) == [("batch-2", 0.5, False), ("other-1", 0.2, True)]
+    assert not join.pending
+
+    # A label that comes after its prediction's file was read finds it in what was read.
+    join.add("other-0", False, PARTITION)
+    assert settle(join) == Outcome([("other-0", 0.1, False)], 0)
+
+
+def test_an_id_still_missing_when_its_wait_runs_out_is_unknown(tmp_path):
+    clock = Clock()
+    join = LogJoin(LogStore.of(str(tmp_path)), wait=10, size=2, clock=clock)
+    join.add("first", True, PARTITION)
+    clock.now = 5
+    join.add("second", True, PARTITION)
+    assert settle(join) == Outcome()
+    clock.now = 10
+    assert settle(join) == Outcome([], 1)  # "first" waited its 10 s
+    assert list(join.pending) == ["second"]
+
+    # Past its size, the oldest waiting item is pushed out: unknown at the next pass.
+    join.add("third", True, PARTITION)
+    join.add("fourth", True, PARTITION)
+    assert list(join.pending) == ["third", "fourth"]
+    assert settle(join) == Outcome([], 1)
+    assert join.abandon() == 2 and not join.pending  # the process ends: what waits is unknown
+
+
+def test_a_bad_file_is_counted_once_and_the_others_are_still_read(tmp_path):
+    join = LogJoin(LogStore.of(str(tmp_path)), wait=60, size=100, clock=Clock())
+    day = tmp_path / PARTITION / f"date={today()}"
+    day.mkdir(parents=True)
+    (day / "00-broken.parquet").write_bytes(b"not parquet")
+    (day / ".00-unfinished.parquet").write_bytes(b"a writer's file, not closed yet")
+    for elsewhere in ("model_name=m/model_version=2", "model_name=other/model_version=1"):
+        (tmp_path / elsewhere / f"date={today()}").mkdir(parents=True)
+        (tmp_path / elsewhere / f"date={today()}" / "00-broken.parquet").write_bytes(b"not read: not ours")
+    (tmp_path / PARTITION / "date=2000-01-01").mkdir()
+    (tmp_path / PARTITION / "date=2000-01-01" / "00-old.parquet").write_bytes(b"not read: too old")
+    log_file(tmp_path, PARTITION, ["good-0"], [0.7])
+
+    join.add("good-0", True, PARTITION)
+    assert settle(join).matched == [("good-0", 0.7, True)]
+    assert join.unreadable == 1
+    join.add("later", True, PARTITION)
+    settle(join)
+    assert join.unreadable == 1  # a file is read once, broken or not
+
+
+@pytest.mark.slow
+def test_the_join_reads_a_log_in_s3(s3_bucket):
+    """Several pods share a log through one s3:// prefix: its date partitions are listed as prefixes."""
+    location = f"s3://{s3_bucket}/production/inference"
+    join = LogJoin(LogStore.of(location), wait=60, size=100, clock=Clock())
+    log_file(location, PARTITION, ["pod-b-0", "pod-b-1"], [0.6, 0.4])
+    log_file(location, "model_name=m/model_version=2", ["pod-b-2"], [0.5])  # another version's
+    for request_id in ("pod-b-1", "pod-b-2"):
+        join.add(request_id, False, PARTITION)
+    assert settle(join).matched == [("pod-b-1", 0.4, False)]
+    assert list(join.pending) == ["pod-b-2"] and join.unreadable == 0
+
+
+def test_nothing_waiting_reads_nothing(tmp_path):
+    join = LogJoin(LogStore.of(str(tmp_path)), wait=60, size=100, clock=Clock())
+    day = tmp_path / PARTITION / f"date={today()}"
+    day.mkdir(parents=True)
+    (day / "00-broken.parquet").write_bytes(b"not parquet")
+    join.add("x", True, PARTITION)
+    join.abandon()
+    assert settle(join) == Outcome() and join.unreadable == 0
+
+
+# ---------------------------------------------------------------------------------------------- in the app
+@pytest.mark.slow
+def test_feedback_for_a_prediction_logged_elsewhere_is_pending_then_matched_once(api_registry, tmp_path):
+    negative, positive = negative_and_positive(api_registry.features)
+    settings = api_registry.settings(
+        inference_log_dir=tmp_path, inference_log_flush_seconds=0.05, drift_interval_seconds=0.05
+    )
+    partition = f"model_name={api_registry.model_name}/model_version={api_registry.production}"
+    with serving(settings) as client:
+        log_file(tmp_path, partition, ["elsewhere-0"], [0.25])  # as another worker logged it
+        before = metric_samples(client)
+
+        def counted(result: str) -> float:
+            return metric(metric_samples(client), "feedback_total", result=result) - metric(
+                before, "feedback_total", result=result
+            )
+
+        items = [
+            {"request_id": "elsewhere-0", "label": positive},
+            {"request_id": "nowhere-0", "label": negative},
+            {"request_id": "elsewhere-0", "label": negative},  # a second label while the first waits
+        ]
+        answer = client.post("/feedback", json=items).json()
+        assert {key: answer[key] for key in ("matched", "unknown", "duplicate", "pending")} == {
+            "matched": 0, "unknown": 0, "duplicate": 1, "pending": 2,
+        }  # fmt: skip
+        wait_until(lambda: counted("matched") == 1 and counted("unknown") == 1, 30, "both settled")
+        # The match reached the online window with the logged probability and the first label.
+        wait_until(lambda: metric(metric_samples(client), "model_online_samples") == 1, 30, "the window")
+        assert metric(metric_samples(client), "model_online_log_loss") == pytest.approx(-math.log(0.25))
+
+        again = client.post("/feedback", json={"request_id": "elsewhere-0", "label": positive}).json()
+        assert (again["duplicate"], again["pending"]) == (1, 0)
+        assert [counted(result) for result in ("matched", "unknown", "duplicate")] == [1, 1, 2]
+
+
+@pytest.mark.slow
+def test_what_waits_and_the_unreadable_files_are_exported(api_registry, tmp_path):
+    negative, _ = negative_and_positive(api_registry.features)
+    settings = api_registry.settings(
+        inference_log_dir=tmp_path, drift_interval_seconds=0.05, feedback_join_wait_seconds=3600
+    )
+    day = tmp_path / f"model_name={api_registry.model_name}/model_version={api_registry.production}"
+    with serving(settings) as client:
+        assert metric(metric_samples(client), "feedback_pending") == 0
+        (day / f"date={today()}").mkdir(parents=True)
+        (day / f"date={today()}" / "00-broken.parquet").write_bytes(b"not parquet")
+        items = [{"request_id": f"nowhere-{index}", "label": negative} for index in range(3)]
+        assert client.post("/feedback", json=items).json()["pending"] == 3
+        wait_until(
+            lambda: metric(metric_samples(client), "feedback_join_unreadable_files_total") == 1,
+            30,
+            "the broken file counted",
+        )
+        samples = metric_samples(client)
+        assert metric(samples, "feedback_pending") == 3  # an hour's wait: they still wait
+        assert metric(samples, "feedback_total", result="unknown") == 0
