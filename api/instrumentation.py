@@ -20,8 +20,8 @@ measurably. It also picks each request's id (api/request_ids.py), keeps it in th
 and error handlers, and adds it to every answer as the `X-Request-ID` header.
 
 A route may be answered here rather than by the app (`answers`, by handler and method): its requests go
-through all of the above, then to that ASGI app instead of the app's middleware and router. The
-prediction routes are (api/lane.py), which spares them Starlette's and FastAPI's layers.
+through all of the above, then to that ASGI app instead of the app's inner middleware and router. The
+prediction routes are answered so, by the fast lane's handlers (api/lane.py).
 """
 
 from __future__ import annotations
