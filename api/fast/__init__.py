@@ -2,8 +2,9 @@
 
 - `export_pipeline(pipeline, columns, positive_index)`: a fitted sklearn Pipeline read into a spec of plain
   data (export.py), at training time; `compile_spec(spec, booster, columns)`: that spec replayed with plain
-  Python and numpy (compiler.py), with XGBoost's trees walked by numpy for a few rows (trees.py), in the
-  service, with no sklearn object and no unpickling. `compile_predictor` is both at once. They raise
+  Python and numpy (compiler.py), with XGBoost's trees walked by a numba-compiled loop for up to 64 rows
+  (compiled.py; by numpy, trees.py, where numba is missing), in the service, with no sklearn object and no
+  unpickling. `compile_predictor` is both at once. They raise
   `UnsupportedPipeline` for a shape they cannot replay exactly.
 - `verify_parity(predictor, rows, expected)` and `synthetic_rows(...)`: the load-time proof that every route
   of the compiled predictor answers what the pipeline answers (parity.py).
