@@ -215,7 +215,7 @@ def test_no_rows_in_the_window_is_an_error_that_says_so(trained_pipeline, tmp_pa
 
 def test_the_feedback_minimum_is_the_alerts():
     rule = (REPO_ROOT / "monitoring/prometheus/rules/feedback.yml").read_text()
-    assert f"model_online_samples >= {MIN_FEEDBACK_SAMPLES}" in rule
+    assert f"job:model_online_samples:increase1h >= {MIN_FEEDBACK_SAMPLES}" in rule
 
 
 def test_the_settings_read_s3_logs_and_the_mlflow_switch_and_refuse_what_they_cannot_use():
