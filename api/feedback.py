@@ -45,7 +45,7 @@ from api.loading import ServedModel
 from api.online_metrics import OnlineMetrics
 from api.predictor import Codes, ColumnBatch, Label, Row
 from api.rejections import Location, issue, key_bound, rejection, unknown_keys
-from api.request_ids import WELL_FORMED
+from api.request_ids import ANSWERED, ANSWERED_PATTERN
 from api.telemetry import FEEDBACK_RESULTS, Telemetry
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,10 @@ class _Memory:
 def _request_id(value: Any) -> str:
     if not isinstance(value, str):
         raise PydanticCustomError("string_type", "Input should be a valid string")
-    if not WELL_FORMED.fullmatch(value.encode()):
+    if not ANSWERED.fullmatch(value.encode()):
         raise PydanticCustomError(
-            "request_id", "A request id is 1 to 128 characters of A-Z, a-z, 0-9 and ._:-"
+            "request_id",
+            "A request id is 1 to 128 characters of A-Z, a-z, 0-9 and ._:-, or a batch record's <id>-<i>",
         )
     return value
 
@@ -140,7 +141,7 @@ def _label_of(labels: tuple[Label, Label]) -> Any:
 REQUEST_ID = Annotated[
     Any,
     PlainValidator(_request_id),
-    WithJsonSchema({"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}),
+    WithJsonSchema({"type": "string", "pattern": f"^{ANSWERED_PATTERN}$"}),
 ]
 
 
@@ -278,7 +279,7 @@ class FeedbackDesk:
                 results.append(UNKNOWN)
             else:
                 if partition is None:
-                    partition = Stream.partition_of(model).as_posix()
+                    partition = Stream.partition_of(model).parent.as_posix()  # the model's every version
                 join.add(request_id, label == positive, partition)
                 results.append(PENDING)
         tally = {result: results.count(result) for result in (*FEEDBACK_RESULTS, PENDING)}
@@ -314,11 +315,9 @@ class FeedbackDesk:
         while True:
             await asyncio.sleep(self.join_interval)
             try:
-                outcome = await self.join.run_pass()
+                self.settle(await self.join.run_pass())
             except Exception:  # a bug must cost a pass, not the join: items would wait forever, uncounted
                 log.exception("a pass of the feedback join failed")
-                continue
-            self.settle(outcome)
 
     async def start(self) -> None:
         if self.join is not None:

@@ -5,8 +5,9 @@ predictions (api/feedback.py) never held its request id. Every process logs ever
 inference log with its id and probability, so when INFERENCE_LOG_DIR is set such an item waits here,
 `pending`, for up to FEEDBACK_JOIN_WAIT_SECONDS. Every DRIFT_INTERVAL_SECONDS, while anything waits, the
 pass reads the log files it has not read yet, off the event loop: only the `request_id` and `probability`
-columns, only the partitions of the models the waiting items were sent for, and only the date partitions
-a wait can still reach (yesterday's and today's, or further back for a wait longer than a day). A waiting id found there is matched; one still missing once its wait is over is
+columns, only the partitions of the models the waiting items were sent for (every version of each: after a
+swap, a label may come for a prediction of the version before), and only the date partitions a wait can
+still reach (yesterday's and today's, or further back for a wait longer than a day). A waiting id found there is matched; one still missing once its wait is over is
 unknown.
 
 What was read is kept as Arrow tables of those two columns, the newest FEEDBACK_INDEX_SIZE records across
@@ -37,6 +38,7 @@ from api.log_store import DATE_PREFIX, LogStore
 log = logging.getLogger(__name__)
 
 COLUMNS = ["request_id", "probability"]
+VERSION_PREFIX = "model_version="
 
 
 @dataclass(frozen=True)
@@ -68,14 +70,15 @@ class LogJoin:
         self.pending: OrderedDict[str, Waiting] = OrderedDict()  # oldest first, so deadlines ascend
         self.unreadable = 0  # log files that could not be read
         self._evicted = 0  # waiting items pushed out by newer ones, unknown at the next pass
-        self._partitions: dict[str, float] = {}  # model partition -> until when an item may wait for it
+        self._partitions: dict[str, float] = {}  # model_name=<n> -> until when an item may wait for it
         self._read: dict[str, str] = {}  # log file -> its date partition's day (YYYY-MM-DD)
         self._recent: deque[pa.Table] = deque()  # request_id and probability, oldest first
         self._recent_rows = 0
 
     def add(self, request_id: str, positive: bool, partition: str) -> None:
-        """Wait for `request_id`'s prediction in `partition` (model_name=<n>/model_version=<v>). The caller
-        counts a second label for a waiting id as a duplicate, before it gets here: the first is kept."""
+        """Wait for `request_id`'s prediction in `partition` (model_name=<n>: any of its versions, as the
+        index of the process that served it holds predictions of every version). The caller counts a second
+        label for a waiting id as a duplicate, before it gets here: the first is kept."""
         deadline = self.clock() + self.wait
         self.pending[request_id] = Waiting(positive, deadline)
         self._partitions[partition] = deadline
@@ -133,8 +136,15 @@ class LogJoin:
         wanted = pa.array(ids, type=pa.string())
         found: dict[str, float] = {}
         for table in [*self._recent, *tables]:
+            # A probability that is no probability (a file not written by the service) is no match: the
+            # online metrics' bins take only [0, 1].
+            probability = table["probability"]
+            valid = pc.and_(
+                pc.is_finite(probability),
+                pc.and_(pc.greater_equal(probability, 0.0), pc.less_equal(probability, 1.0)),
+            )
             hits = table.filter(
-                pc.and_(pc.is_in(table["request_id"], value_set=wanted), pc.is_valid(table["probability"]))
+                pc.and_(pc.is_in(table["request_id"], value_set=wanted), pc.fill_null(valid, False))
             )
             if hits.num_rows:
                 found.update(
@@ -175,7 +185,15 @@ class LogJoin:
     def _unread(self, partition: str, horizon: str) -> list[tuple[int, str, str]]:
         filesystem = self.store.filesystem
         found = []
-        days = filesystem.get_file_info(pafs.FileSelector(self.store.path(partition), allow_not_found=True))
+        versions = filesystem.get_file_info(
+            pafs.FileSelector(self.store.path(partition), allow_not_found=True)
+        )
+        days = [
+            day
+            for version in versions
+            if version.type == pafs.FileType.Directory and version.base_name.startswith(VERSION_PREFIX)
+            for day in filesystem.get_file_info(pafs.FileSelector(version.path, allow_not_found=True))
+        ]
         for directory in days:
             day = directory.base_name.removeprefix(DATE_PREFIX)
             # ISO days compare as text; a partition before the horizon holds no record a wait can reach.

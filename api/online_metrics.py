@@ -178,3 +178,4 @@ class OnlineMetrics:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.drain()  # the last interval's counts too: a stopped worker's counters stay in its files

@@ -20,6 +20,10 @@ HEADER = "X-Request-ID"
 HEADER_KEY = b"x-request-id"  # ASGI gives header names lowercased
 SCOPE_KEY = "fast_mlops.request_id"
 WELL_FORMED = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# Every id an answer names: a request's, or a batch record's `<request id>-<i>`, which a 128-character
+# request id makes longer than 128 (the index goes up to MAX_BATCH_SIZE's digits, 10 at most).
+ANSWERED_PATTERN = "[A-Za-z0-9._:-]{1,128}(-[0-9]{1,10})?"
+ANSWERED = re.compile(ANSWERED_PATTERN.encode())
 
 
 def new_id() -> str:

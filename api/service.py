@@ -97,6 +97,8 @@ class ModelService:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # The last interval's drift counts into the counters: a stopped worker's stay in its files.
+        self.publish_drift()
 
     async def _run(self) -> None:
         delay, attempt = self.settings.retry_initial_seconds, 0

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from xgboost import XGBClassifier
 
 from api.fast import compile_predictor, compiler, verify_parity
 from api.fast import compiled as compiled_module
@@ -271,3 +272,24 @@ def test_the_image_and_the_deployment_point_numba_at_a_writable_cache_dir():
     ]
     writable = _writable_dirs(pod["volumes"], container["volumeMounts"])
     assert any(Path(cache_dir).is_relative_to(directory) for directory in writable), (cache_dir, writable)
+
+
+@pytest.mark.parametrize("base_score", [0.24058568, 0.3, 0.61, 0.9])
+def test_the_compiled_walk_gives_xgboost_s_probabilities_bit_for_bit(base_score):
+    """The same float32 steps as XGBoost's, the base score's margin among them: not merely within the
+    tolerance, so that a record's probability does not depend on whether its batch took the walk or the
+    booster (COMPILED_ROWS)."""
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(600, WIDTH))
+    labels = (features[:, 0] - features[:, 2] > 0.4).astype(int)
+    features[rng.random(features.shape) < 0.2] = np.nan
+    model = XGBClassifier(n_estimators=40, max_depth=4, n_jobs=1, random_state=0, base_score=base_score)
+    model.fit(features, labels)
+    booster = model.get_booster()
+    walk = compile_walk(TreeEnsemble(booster, (0, 0)), WIDTH)
+    assert walk is not None
+    expected = booster.inplace_predict(features, missing=np.nan)
+    found = np.asarray(walk.predict(features))
+    assert np.array_equal(found.astype(np.float32), expected), int(
+        (found.astype(np.float32) != expected).sum()
+    )

@@ -105,6 +105,22 @@ def test_batch_records_are_joined_by_their_own_ids(client, api_registry, labels)
     assert [item["request_id"] for item in batch["predictions"]][3] == "fb-batch-3"
 
 
+def test_every_id_an_answer_names_can_be_sent_back(client, api_registry, labels):
+    """A 128-character X-Request-ID is taken; its batch records' ids are longer, and still feedback's."""
+    request_id = "r" * 128
+    batch = client.post(
+        "/predict/batch", json={"records": api_registry.rows(12)}, headers={"X-Request-ID": request_id}
+    ).json()
+    assert batch["request_id"] == request_id
+    items = [{"request_id": item["request_id"], "label": labels[0]} for item in batch["predictions"]]
+    assert len(items[11]["request_id"]) == 131
+    answer = client.post("/feedback", json=items).json()
+    assert answer["matched"] == 12, answer
+    for refused in ("r" * 129, "r" * 128 + "-x", "r" * 128 + "-12345678901"):
+        response = client.post("/feedback", json={"request_id": refused, "label": labels[0]})
+        assert response.status_code == 422, refused
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -18,7 +18,8 @@ from api.feedback_join import LogJoin, Outcome
 from api.log_store import LogStore
 from tests.api.support import metric, metric_samples, negative_and_positive, serving, wait_until
 
-PARTITION = "model_name=m/model_version=1"
+MODEL = "model_name=m"  # what an item waits in: any version of the model
+PARTITION = f"{MODEL}/model_version=1"  # where a file is written
 
 
 class Clock:
@@ -52,8 +53,8 @@ def settle(join: LogJoin) -> Outcome:
 
 def test_a_waiting_id_is_matched_from_a_file_that_shows_later_or_was_read_before(tmp_path):
     join = LogJoin(LogStore.of(str(tmp_path)), wait=60, size=100, clock=Clock())
-    join.add("other-1", True, PARTITION)
-    join.add("batch-2", False, PARTITION)
+    join.add("other-1", True, MODEL)
+    join.add("batch-2", False, MODEL)
     assert settle(join) == Outcome()  # no file yet: both wait
     assert list(join.pending) == ["other-1", "batch-2"]
 
@@ -63,24 +64,24 @@ def test_a_waiting_id_is_matched_from_a_file_that_shows_later_or_was_read_before
     assert not join.pending
 
     # A label that comes after its prediction's file was read finds it in what was read.
-    join.add("other-0", False, PARTITION)
+    join.add("other-0", False, MODEL)
     assert settle(join) == Outcome([("other-0", 0.1, False)], 0)
 
 
 def test_an_id_still_missing_when_its_wait_runs_out_is_unknown(tmp_path):
     clock = Clock()
     join = LogJoin(LogStore.of(str(tmp_path)), wait=10, size=2, clock=clock)
-    join.add("first", True, PARTITION)
+    join.add("first", True, MODEL)
     clock.now = 5
-    join.add("second", True, PARTITION)
+    join.add("second", True, MODEL)
     assert settle(join) == Outcome()
     clock.now = 10
     assert settle(join) == Outcome([], 1)  # "first" waited its 10 s
     assert list(join.pending) == ["second"]
 
     # Past its size, the oldest waiting item is pushed out: unknown at the next pass.
-    join.add("third", True, PARTITION)
-    join.add("fourth", True, PARTITION)
+    join.add("third", True, MODEL)
+    join.add("fourth", True, MODEL)
     assert list(join.pending) == ["third", "fourth"]
     assert settle(join) == Outcome([], 1)
     assert join.abandon() == 2 and not join.pending  # the process ends: what waits is unknown
@@ -92,17 +93,21 @@ def test_a_bad_file_is_counted_once_and_the_others_are_still_read(tmp_path):
     day.mkdir(parents=True)
     (day / "00-broken.parquet").write_bytes(b"not parquet")
     (day / ".00-unfinished.parquet").write_bytes(b"a writer's file, not closed yet")
-    for elsewhere in ("model_name=m/model_version=2", "model_name=other/model_version=1"):
-        (tmp_path / elsewhere / f"date={today()}").mkdir(parents=True)
-        (tmp_path / elsewhere / f"date={today()}" / "00-broken.parquet").write_bytes(b"not read: not ours")
+    elsewhere = tmp_path / "model_name=other/model_version=1" / f"date={today()}"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "00-broken.parquet").write_bytes(b"not read: another model's")
     (tmp_path / PARTITION / "date=2000-01-01").mkdir()
     (tmp_path / PARTITION / "date=2000-01-01" / "00-old.parquet").write_bytes(b"not read: too old")
     log_file(tmp_path, PARTITION, ["good-0"], [0.7])
+    # Not the service's: a probability that is none is no match, and the join goes on.
+    log_file(tmp_path, PARTITION, ["nan-0", "negative-0", "above-0"], [math.nan, -0.5, 1.5])
 
-    join.add("good-0", True, PARTITION)
+    for request_id in ("good-0", "nan-0", "negative-0", "above-0"):
+        join.add(request_id, True, MODEL)
     assert settle(join).matched == [("good-0", 0.7, True)]
     assert join.unreadable == 1
-    join.add("later", True, PARTITION)
+    assert list(join.pending) == ["nan-0", "negative-0", "above-0"]
+    join.add("later", True, MODEL)
     settle(join)
     assert join.unreadable == 1  # a file is read once, broken or not
 
@@ -113,11 +118,13 @@ def test_the_join_reads_a_log_in_s3(s3_bucket):
     location = f"s3://{s3_bucket}/production/inference"
     join = LogJoin(LogStore.of(location), wait=60, size=100, clock=Clock())
     log_file(location, PARTITION, ["pod-b-0", "pod-b-1"], [0.6, 0.4])
-    log_file(location, "model_name=m/model_version=2", ["pod-b-2"], [0.5])  # another version's
-    for request_id in ("pod-b-1", "pod-b-2"):
-        join.add(request_id, False, PARTITION)
-    assert settle(join).matched == [("pod-b-1", 0.4, False)]
-    assert list(join.pending) == ["pod-b-2"] and join.unreadable == 0
+    # Another version's: a pod that swapped models still gets labels for the predictions before.
+    log_file(location, f"{MODEL}/model_version=2", ["pod-b-2"], [0.5])
+    log_file(location, "model_name=other/model_version=1", ["pod-b-3"], [0.5])  # another model's
+    for request_id in ("pod-b-1", "pod-b-2", "pod-b-3"):
+        join.add(request_id, False, MODEL)
+    assert sorted(settle(join).matched) == [("pod-b-1", 0.4, False), ("pod-b-2", 0.5, False)]
+    assert list(join.pending) == ["pod-b-3"] and join.unreadable == 0
 
 
 def test_nothing_waiting_reads_nothing(tmp_path):
@@ -125,7 +132,7 @@ def test_nothing_waiting_reads_nothing(tmp_path):
     day = tmp_path / PARTITION / f"date={today()}"
     day.mkdir(parents=True)
     (day / "00-broken.parquet").write_bytes(b"not parquet")
-    join.add("x", True, PARTITION)
+    join.add("x", True, MODEL)
     join.abandon()
     assert settle(join) == Outcome() and join.unreadable == 0
 

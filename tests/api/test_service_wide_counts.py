@@ -142,3 +142,20 @@ def test_two_workers_online_counts_give_the_online_figures_of_all_their_items(ap
     shared = float(np.sum(table[0] * table[1]) / (table[0].sum() * table[1].sum()))
     assert abs(binned - exact) <= shared / 2 + 1e-12
     assert not math.isnan(binned)
+
+
+def test_a_stopping_worker_adds_what_it_counted_since_its_last_interval(api_registry):
+    negative, _ = negative_and_positive(api_registry.features)
+    rows = api_registry.rows(50)
+    with serving(settings_of(api_registry)) as client:  # an hour between background runs
+        answers = predict(client, rows, "stop")
+        items = [{"request_id": answer["request_id"], "label": negative} for answer in answers]
+        assert client.post("/feedback", json=items).json()["matched"] == 50
+        telemetry = client.app.state.service.telemetry
+    # Stopped: the lifespan's end added the last counts.
+    counted = {
+        name: sum(sample.value for family in telemetry.registry.collect() for sample in family.samples
+                  if sample.name == name)
+        for name in ("prediction_drift_bin_rows_total", "model_online_scores_total")
+    }  # fmt: skip
+    assert counted == {"prediction_drift_bin_rows_total": 50, "model_online_scores_total": 50}
