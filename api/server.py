@@ -12,6 +12,11 @@ and httptools gathers a header however long it grows, at a cost that grows faste
 - MAX_HEADER_BYTES for the head: 431, then the connection closes, before httptools holds more than one
   read past the limit.
 
+And it sends a response's head together with its body when the body's length is known (`HeadWithBody`):
+uvicorn writes each to the socket as the app sends it, two send() calls and often two TCP segments for
+an answer of 200 bytes, where one does (measured: about 4 µs of the server's CPU per request, and as much
+of the client's).
+
 It also answers uvicorn's own concurrency refusal (`limit_concurrency`, MAX_CONCURRENT_REQUESTS) as the app
 answers its errors, not with uvicorn's plain-text 503: an ErrorResponse body with a `request_id`, the
 `X-Request-ID` header and `Retry-After`. Every refusal here names its request like every other answer
@@ -47,6 +52,50 @@ _STATUS_LINES = {
     408: b"HTTP/1.1 408 Request Timeout\r\n",
     431: b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
 }
+
+
+SIZED = b"\r\ncontent-length: "  # as uvicorn writes the header: its name lowercased
+INTERIM = b"HTTP/1.1 1"  # 100 Continue: the client waits for it before it sends the body
+
+
+class HeadWithBody:
+    """A request cycle's transport that holds the response head until the first body write and sends both
+    in one write. Only a head with a Content-Length is held: a chunked (streaming) response's head goes out
+    at once, as its chunks may be slow to come. An interim 100 Continue goes out at once too. Closing sends
+    what is held first. Everything else is the connection's transport."""
+
+    __slots__ = ("_head_sent", "_held", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: bytes | None = None
+        self._head_sent = False
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif self._head_sent or data.startswith(INTERIM):
+            self._transport.write(data)
+        else:  # the response's head: its first write that is not an interim one
+            self._head_sent = True
+            if SIZED in data:
+                self._held = data
+            else:
+                self._transport.write(data)
+
+    def close(self) -> None:
+        if self._held is not None:
+            self._transport.write(self._held)
+            self._held = None
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -94,6 +143,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._run_instead(self._answer_busy)
         else:
             super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
 
     def _run_instead(self, refusal: Any) -> None:
         """Let uvicorn start the request's cycle as usual, through an app that only refuses it."""
