@@ -3,7 +3,8 @@
 The numpy walk (api/fast/trees.py) spends most of a one-row call on numpy's per-call overhead: a gather per
 level over all trees is a handful of array allocations, each costing more than the arithmetic. A compiled
 loop over the same flat arrays visits only the nodes on each row's path, allocates one output array and
-returns. The jitted functions are this module's own code, generic over the arrays: a model supplies data
+returns. One row walks the trees as CompleteLevels pads them (api/fast/trees.py), four at a time, with
+no child pointers to read. The jitted functions are this module's own code, generic over the arrays: a model supplies data
 only (the arrays TreeEnsemble reads from XGBoost's JSON), never code. Numba specialises the functions on
 the arrays' dtypes, so models whose arrays have the same types share one compilation, and `cache=True`
 keeps it on disk across processes: in NUMBA_CACHE_DIR (api/Dockerfile, api/k8s/base set it to a writable
@@ -71,31 +72,93 @@ def _probabilities(
     return probabilities
 
 
-_Kernel = Callable[..., np.ndarray]
-_compiled: _Kernel | None = None
+def _row_probability(
+    row: Any,
+    features: Any,
+    conditions: Any,
+    default_right: Any,
+    leaves: Any,
+    trees: int,
+    depth: int,
+    base_margin: Any,
+) -> float:
+    """P(class 1) of one float64 row, over the trees as CompleteLevels lays them out (api/fast/trees.py):
+    level by level, tree after tree, so that a node's children are found by arithmetic, not by reading two
+    more arrays. Four trees are walked side by side: each walk is a chain of dependent loads, and four
+    independent chains keep the processor busy while each waits (measured: 12 µs for 336 trees of depth
+    5 walked one by one with child pointers, 5 µs like this). Their leaves are still added one tree after
+    the other, in XGBoost's order."""
+    margin = np.float32(base_margin)
+    tree = 0
+    while tree + 4 <= trees:
+        a = b = c = d = 0
+        for level in range(depth):
+            width = 1 << level
+            start = trees * (width - 1) + tree * width
+            # Right at or above the condition, left below it; NaN (neither) takes the default branch.
+            # Without a branch: a mispredicted one costs more than the two comparisons.
+            at, value = start + a, np.float32(row[features[start + a]])
+            a = 2 * a + ((value >= conditions[at]) | ((value != value) & (default_right[at] != 0)))
+            at, value = start + width + b, np.float32(row[features[start + width + b]])
+            b = 2 * b + ((value >= conditions[at]) | ((value != value) & (default_right[at] != 0)))
+            at, value = start + 2 * width + c, np.float32(row[features[start + 2 * width + c]])
+            c = 2 * c + ((value >= conditions[at]) | ((value != value) & (default_right[at] != 0)))
+            at, value = start + 3 * width + d, np.float32(row[features[start + 3 * width + d]])
+            d = 2 * d + ((value >= conditions[at]) | ((value != value) & (default_right[at] != 0)))
+        margin += leaves[(tree << depth) + a]
+        margin += leaves[((tree + 1) << depth) + b]
+        margin += leaves[((tree + 2) << depth) + c]
+        margin += leaves[((tree + 3) << depth) + d]
+        tree += 4
+    while tree < trees:  # the last trees, fewer than four
+        a = 0
+        for level in range(depth):
+            width = 1 << level
+            at = trees * (width - 1) + tree * width + a
+            value = np.float32(row[features[at]])
+            a = 2 * a + ((value >= conditions[at]) | ((value != value) & (default_right[at] != 0)))
+        margin += leaves[(tree << depth) + a]
+        tree += 1
+    one = np.float32(1.0)
+    return float(one / (one + np.exp(-margin)))
 
 
-def _kernel() -> _Kernel:
-    """`_probabilities` under numba.njit, created on first use: importing numba costs 0.1-0.3 s, which a
-    service that never serves trees should not pay. Raises whatever numba raises."""
-    global _compiled
-    if _compiled is None:
+_Kernel = Callable[..., Any]
+_compiled: dict[str, _Kernel] = {}
+_uncached_logged = False
+
+
+def _kernel(name: str = "probabilities") -> _Kernel:
+    """A walk under numba.njit (`probabilities` for a matrix, `row` for one row), created on first use:
+    importing numba costs 0.1-0.3 s, which a service that never serves trees should not pay. Raises
+    whatever numba raises."""
+    kernel = _compiled.get(name)
+    if kernel is None:
         import numba
 
         # error_model="numpy": a float division follows IEEE 754 instead of raising (it never divides by
         # zero here, but the check would cost a branch). nogil: a batch scored in a worker thread leaves
         # the event loop free.
         options: dict[str, Any] = {"nogil": True, "error_model": "numpy"}
-        try:
-            _compiled = numba.njit(cache=True, **options)(_probabilities)
-        except RuntimeError as error:  # numba found no writable cache directory
+        kernel = _jit(numba, _probabilities if name == "probabilities" else _row_probability, options)
+        _compiled[name] = kernel
+    return kernel
+
+
+def _jit(numba: Any, function: Callable[..., Any], options: dict[str, Any]) -> _Kernel:
+    try:
+        jitted: _Kernel = numba.njit(cache=True, **options)(function)
+    except RuntimeError as error:  # numba found no writable cache directory
+        global _uncached_logged
+        if not _uncached_logged:  # one line for both walks
+            _uncached_logged = True
             log.warning(
-                "the compiled tree walk is not cached (%s): every process compiles it; set NUMBA_CACHE_DIR "
-                "to a writable directory",
+                "the compiled tree walk is not cached (%s): every process compiles it; set "
+                "NUMBA_CACHE_DIR to a writable directory",
                 error,
             )
-            _compiled = numba.njit(**options)(_probabilities)
-    return _compiled
+        jitted = numba.njit(**options)(function)
+    return jitted
 
 
 class CompiledWalk:
@@ -126,6 +189,21 @@ class CompiledWalk:
         self._kernel = kernel
         # Compiles for these arrays' types now, at load time, from the cache when it has them.
         kernel(np.zeros((1, width), dtype=np.float64), *self._arguments)
+        # One row walks the complete levels, where the trees are shallow enough to have them.
+        self._row_kernel: _Kernel | None = None
+        levels = trees.levels
+        if levels is not None:
+            self._row_arguments = (
+                np.concatenate(levels.features),
+                np.concatenate(levels.conditions),
+                np.concatenate(levels.default_right),
+                levels.leaf_values,
+                trees.roots.size,
+                levels.depth,
+                trees.base_margin,
+            )
+            self._row_kernel = _kernel("row")
+            self._row_kernel(np.zeros(width, dtype=np.float64), *self._row_arguments)
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         """P(class 1) for each row of a matrix (n_rows, width)."""
@@ -136,6 +214,9 @@ class CompiledWalk:
 
     def predict_row(self, row: np.ndarray) -> float:
         """P(class 1) for one float64 row (width,), missing values (NaN) included."""
+        if self._row_kernel is not None:
+            probability: float = self._row_kernel(row, *self._row_arguments)
+            return probability
         return float(self._kernel(row.reshape(1, -1), *self._arguments)[0])
 
 

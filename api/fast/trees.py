@@ -173,6 +173,8 @@ class CompleteLevels:
         count = len(trees)
         self.features = [np.zeros(count << level, dtype=feature_type) for level in range(depth)]
         self.conditions = [np.zeros(count << level, dtype=np.float32) for level in range(depth)]
+        # Where a missing value goes (1: right), for the compiled walk; the numpy walk takes no NaN.
+        self.default_right = [np.zeros(count << level, dtype=np.uint8) for level in range(depth)]
         self.leaf_values = np.zeros(count << depth, dtype=np.float32)
         for tree_index, tree in enumerate(trees):
             self._place(tree, tree_index, depth)
@@ -192,6 +194,7 @@ class CompleteLevels:
             index = (tree_index << level) + position
             self.features[level][index] = tree["split_indices"][node]
             self.conditions[level][index] = tree["split_conditions"][node]
+            self.default_right[level][index] = 0 if tree["default_left"][node] else 1
             stack.append((left[node], level + 1, 2 * position))
             stack.append((right[node], level + 1, 2 * position + 1))
 

@@ -172,13 +172,13 @@ def test_batches_up_to_the_crossover_and_single_records_take_the_compiled_walk(f
 def test_without_the_compiled_walk_the_numpy_walk_serves_with_one_log_line(failure, monkeypatch, caplog):
     if failure == "numba missing":
         monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
-        monkeypatch.setattr(compiled_module, "_compiled", None)
+        monkeypatch.setattr(compiled_module, "_compiled", {})
     else:
 
         def broken_kernel(*arguments):
             raise RuntimeError("LLVM refused")
 
-        monkeypatch.setattr(compiled_module, "_kernel", lambda: broken_kernel)
+        monkeypatch.setattr(compiled_module, "_kernel", lambda name="probabilities": broken_kernel)
     numpy_walk = TreeEnsemble.predict
     walked: list[int] = []
     monkeypatch.setattr(
@@ -203,7 +203,8 @@ def test_without_a_writable_cache_dir_the_walk_compiles_uncached_with_one_log_li
     from numba.core import caching
 
     monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])  # as if no directory were writable
-    monkeypatch.setattr(compiled_module, "_compiled", None)
+    monkeypatch.setattr(compiled_module, "_compiled", {})
+    monkeypatch.setattr(compiled_module, "_uncached_logged", False)
     booster, iterations, features, trees, _ = boosted
     with caplog.at_level(logging.WARNING, logger=compiled_module.__name__):
         walk = compile_walk(trees, WIDTH)
@@ -211,6 +212,7 @@ def test_without_a_writable_cache_dir_the_walk_compiles_uncached_with_one_log_li
     (line,) = [record for record in caplog.records if record.name == compiled_module.__name__]
     assert "not cached" in line.getMessage() and "NUMBA_CACHE_DIR" in line.getMessage()
     assert compiled_module._kernel().stats.cache_path is None
+    assert compiled_module._kernel("row").stats.cache_path is None
     np.testing.assert_allclose(walk.predict(features), xgboost(booster, iterations, features), atol=TOLERANCE)
 
 
@@ -230,8 +232,9 @@ def test_numba_caches_the_compiled_walk_in_numba_cache_dir(tmp_path):
         model = XGBClassifier(n_estimators=5, max_depth=3, n_jobs=1).fit(features, features[:, 0] > 0)
         walk = compiled.compile_walk(TreeEnsemble(model.get_booster(), (0, 0)), 4)
         assert walk is not None
-        print(sum(len(kernel.stats.cache_hits) for kernel in [compiled._kernel()]),
-              sum(len(kernel.stats.cache_misses) for kernel in [compiled._kernel()]))
+        kernels = [compiled._kernel(), compiled._kernel("row")]
+        print(sum(len(kernel.stats.cache_hits) for kernel in kernels),
+              sum(len(kernel.stats.cache_misses) for kernel in kernels))
         """
     )
 
@@ -248,10 +251,10 @@ def test_numba_caches_the_compiled_walk_in_numba_cache_dir(tmp_path):
         return [int(count) for count in result.stdout.split()]
 
     hits, misses = run()
-    assert (hits, misses) == (0, 1)
+    assert (hits, misses) == (0, 2)  # the matrix walk and the row walk
     assert list(cache.rglob("*.nbi")) and list(cache.rglob("*.nbc"))
     hits, misses = run()
-    assert (hits, misses) == (1, 0)
+    assert (hits, misses) == (2, 0)
 
 
 def _writable_dirs(volumes: list[dict], mounts: list[dict]) -> set[str]:
@@ -283,7 +286,8 @@ def test_the_compiled_walk_gives_xgboost_s_probabilities_bit_for_bit(base_score)
     features = rng.normal(size=(600, WIDTH))
     labels = (features[:, 0] - features[:, 2] > 0.4).astype(int)
     features[rng.random(features.shape) < 0.2] = np.nan
-    model = XGBClassifier(n_estimators=40, max_depth=4, n_jobs=1, random_state=0, base_score=base_score)
+    # 41 trees: the row walk takes them four at a time, and the last one alone.
+    model = XGBClassifier(n_estimators=41, max_depth=4, n_jobs=1, random_state=0, base_score=base_score)
     model.fit(features, labels)
     booster = model.get_booster()
     walk = compile_walk(TreeEnsemble(booster, (0, 0)), WIDTH)
@@ -293,3 +297,5 @@ def test_the_compiled_walk_gives_xgboost_s_probabilities_bit_for_bit(base_score)
     assert np.array_equal(found.astype(np.float32), expected), int(
         (found.astype(np.float32) != expected).sum()
     )
+    one_by_one = np.array([walk.predict_row(row) for row in features], dtype=np.float32)
+    assert np.array_equal(one_by_one, expected), int((one_by_one != expected).sum())
