@@ -94,12 +94,11 @@ async def handle_http(request: Request, error: Exception) -> Response:
 
 
 async def handle_unexpected(request: Request, error: Exception) -> Response:
-    """Starlette's 500, with a body that names the request. Starlette runs this outside the middleware
-    (which adds the header to every other answer) and re-raises the error afterwards, so it is still
+    """Starlette's 500, with a body that names the request (the request metrics in front of the app add
+    the X-Request-ID header, as to every answer). Starlette re-raises the error afterwards, so it is still
     logged with its traceback."""
-    request_id = request_ids.of(request.scope)
-    body = {"detail": "Internal Server Error", "request_id": request_id}
-    return json_response(body, 500, {request_ids.HEADER: request_id})
+    body = {"detail": "Internal Server Error", "request_id": request_ids.of(request.scope)}
+    return json_response(body, 500)
 
 
 def install(app: FastAPI) -> None:

@@ -12,7 +12,9 @@ from the ASGI `receive` (api/bodies.py), parsed by the request models (the msgsp
 body it refuses, api/requests.py), scored and counted by the service (metrics, drift), recorded (the
 feedback index, the inference log), and written as api/responses.py writes it, with the headers Starlette's
 Response would send. An ApiError is answered by api/errors.py's handler, as the app's exception handling
-would; anything else escapes, as it would from a route, and becomes Starlette's 500 (api/errors.py).
+would; anything else is answered with api/errors.py's 500 and raised again, as Starlette's
+ServerErrorMiddleware does for a route: RequestMetrics calls the lane in front of FastAPI's middleware
+(api/main.py's ServiceApp), so that none of its layers costs a prediction anything.
 
 FastAPI still documents both routes from their models (api/routes/predictions.py), and a request that
 reached them through the router anyway would be answered by these same handlers.
@@ -66,6 +68,9 @@ class Lane:
         except ApiError as error:
             await _refuse(error, scope, receive, send)
             return
+        except Exception as error:
+            await _fail(error, scope, receive, send)
+            raise
         await _send_json(send, answer)
 
     async def predict_batch(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,6 +90,9 @@ class Lane:
         except ApiError as error:
             await _refuse(error, scope, receive, send)
             return
+        except Exception as error:
+            await _fail(error, scope, receive, send)
+            raise
         await _send_json(send, answer)
 
 
@@ -100,6 +108,14 @@ async def _send_json(send: Send, body: bytes) -> None:
     headers = [(b"content-length", b"%d" % len(body)), JSON_CONTENT_TYPE]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _fail(error: Exception, scope: Scope, receive: Receive, send: Send) -> None:
+    """What Starlette's ServerErrorMiddleware does for a route's unexpected error, which the lane, in front of
+    it, does for itself: api/errors.py's 500 (the caller then re-raises, so that uvicorn logs the traceback
+    and RequestMetrics counts a 5xx)."""
+    response = await errors.handle_unexpected(Request(scope, receive), error)
+    await response(scope, receive, send)
 
 
 async def _refuse(error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:

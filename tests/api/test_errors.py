@@ -11,6 +11,8 @@ from fastapi.testclient import TestClient
 
 from api import errors
 from api.errors import ApiError, BodyTooLarge, ModelNotReady, RequestInvalid
+from api.instrumentation import RequestMetrics
+from api.telemetry import Telemetry
 
 
 class Teapot(ApiError):
@@ -40,7 +42,9 @@ def client():
     for path, (error, _) in RAISED.items():
         app.add_api_route(path, raising(error))
     app.add_api_route("/bug", raising(RuntimeError("boom")))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    # As the service runs it: the request metrics in front, which name every answer (X-Request-ID).
+    front = RequestMetrics(app, routes=app.router.routes, telemetry=Telemetry())
+    with TestClient(front, raise_server_exceptions=False) as client:
         yield client
 
 

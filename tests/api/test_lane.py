@@ -26,28 +26,55 @@ def bodies(api_registry) -> dict[str, Any]:
     return {"/predict": rows[0], "/predict/batch": {"records": rows}}
 
 
-@pytest.fixture
-def routed(client, monkeypatch) -> list[str]:
-    """The paths of the requests that reach the app's router, from now on."""
-    router = client.app.router
-    inner = router.middleware_stack
+def spied(monkeypatch, owner: Any, attribute: str) -> list[str]:
+    """The paths of the requests that reach `owner.attribute` (an ASGI app), from now on."""
+    inner = getattr(owner, attribute)
     paths: list[str] = []
 
     async def spy(scope, receive, send):
-        paths.append(scope["path"])
+        if scope["type"] == "http":
+            paths.append(scope["path"])
         await inner(scope, receive, send)
 
-    monkeypatch.setattr(router, "middleware_stack", spy)
+    monkeypatch.setattr(owner, attribute, spy)
     return paths
 
 
-def test_the_prediction_routes_never_reach_the_router(client, bodies, routed):
+@pytest.mark.parametrize("layer", ["router", "middleware stack"])
+def test_the_prediction_routes_never_reach_the_router_nor_fastapi_s_middleware(
+    client, bodies, monkeypatch, layer
+):
+    """Neither Starlette's router nor the layers FastAPI wraps every request in (ServerErrorMiddleware and
+    the rest): the lane answers in front of them."""
+    app = client.app
+    owner, attribute = (app.router, "middleware_stack") if layer == "router" else (app, "middleware_stack")
+    if getattr(owner, attribute) is None:
+        client.get("/health")
+    reached = spied(monkeypatch, owner, attribute)
     for path in PREDICTION_PATHS:
         assert client.post(path, json=bodies[path]).status_code == 200
         assert client.post(path, json={"not": "a record"}).status_code == 422
         assert client.post(path, content=b"{}", headers={"content-type": "text/plain"}).status_code == 415
     assert client.get("/health").status_code == 200
-    assert routed == ["/health"]
+    assert reached == ["/health"]
+
+
+def test_an_unexpected_error_in_the_lane_is_the_service_s_500_that_names_its_request(
+    api_registry, bodies, monkeypatch
+):
+    with serving(api_registry.settings()) as client:
+
+        def broken(*arguments: Any) -> None:
+            raise RuntimeError("a bug in scoring")
+
+        monkeypatch.setattr(client.app.state.service, "score_one", broken)
+        response = client.post("/predict", json=bodies["/predict"], headers={"x-request-id": "lane-bug"})
+        assert response.status_code == 500
+        assert response.json() == {"detail": "Internal Server Error", "request_id": "lane-bug"}
+        assert response.headers.get_list("x-request-id") == ["lane-bug"]
+        assert "a bug in scoring" not in response.text
+        metrics = client.get("/metrics").text
+        assert 'http_requests_total{handler="/predict",method="POST",status="5xx"} 1.0' in metrics
 
 
 def through_the_router(app, path: str, body: bytes, request_id: str) -> tuple[int, dict[bytes, bytes], Any]:
