@@ -16,6 +16,8 @@ index of the process that served it. Files are read newest first and no further 
 so a process that starts on a day's log reads its last FEEDBACK_INDEX_SIZE records, not the day. The set
 of files read forgets a date partition once no wait reaches it. A file that cannot be read is logged and
 counted (`unreadable`), and not tried again: the log only ever shows complete files, so it stays broken.
+An I/O error (an S3 request that failed, a file gone for a moment) is tried again at the next passes,
+READ_ATTEMPTS in all, before the file counts as unreadable: a transient error must not lose a file's labels.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from api.log_store import DATE_PREFIX, LogStore
 log = logging.getLogger(__name__)
 
 COLUMNS = ["request_id", "probability"]
+READ_ATTEMPTS = 3  # reads of a file that fail with an I/O error before it counts as unreadable
 VERSION_PREFIX = "model_version="
 
 
@@ -72,6 +75,7 @@ class LogJoin:
         self._evicted = 0  # waiting items pushed out by newer ones, unknown at the next pass
         self._partitions: dict[str, float] = {}  # model_name=<n> -> until when an item may wait for it
         self._read: dict[str, str] = {}  # log file -> its date partition's day (YYYY-MM-DD)
+        self._attempts: dict[str, tuple[int, str]] = {}  # log file -> (reads failed with an I/O error, day)
         self._recent: deque[pa.Table] = deque()  # request_id and probability, oldest first
         self._recent_rows = 0
 
@@ -101,6 +105,7 @@ class LogJoin:
         while self._recent_rows > self.size and len(self._recent) > 1:
             self._recent_rows -= self._recent.popleft().num_rows
         self._read = {path: day for path, day in self._read.items() if day >= horizon}
+        self._attempts = {path: tried for path, tried in self._attempts.items() if tried[1] >= horizon}
 
         matched = []
         for request_id, probability in found.items():
@@ -173,10 +178,21 @@ class LogJoin:
                 table = table.select(COLUMNS).cast(
                     pa.schema([("request_id", pa.string()), ("probability", pa.float64())])
                 )
+            except OSError:  # the store's error (pyarrow's I/O errors are OSErrors): try again later
+                attempts = self._attempts.get(path, (0, day))[0] + 1
+                self._attempts[path] = (attempts, day)
+                log.exception("the feedback join could not read %s (attempt %d)", path, attempts)
+                if attempts < READ_ATTEMPTS:
+                    del self._read[path]
+                else:
+                    del self._attempts[path]
+                    self.unreadable += 1
+                continue
             except Exception:  # a file that is not the log's, or damaged: never the pass's end
                 log.exception("the feedback join could not read %s", path)
                 self.unreadable += 1
                 continue
+            self._attempts.pop(path, None)
             tables.append(table)
             rows += table.num_rows
         tables.reverse()

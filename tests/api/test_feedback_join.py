@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 
-from api.feedback_join import LogJoin, Outcome
+from api.feedback_join import READ_ATTEMPTS, LogJoin, Outcome
 from api.log_store import LogStore
 from tests.api.support import metric, metric_samples, negative_and_positive, serving, wait_until
 
@@ -110,6 +111,40 @@ def test_a_bad_file_is_counted_once_and_the_others_are_still_read(tmp_path):
     join.add("later", True, MODEL)
     settle(join)
     assert join.unreadable == 1  # a file is read once, broken or not
+
+
+class FlakyReads:
+    """A filesystem whose reads fail with an I/O error, as an S3 request can, the first `failures` times."""
+
+    def __init__(self, filesystem: pafs.FileSystem, failures: int) -> None:
+        self.filesystem, self.failures = filesystem, failures
+
+    def get_file_info(self, selector):
+        return self.filesystem.get_file_info(selector)
+
+    def open_input_file(self, path: str):
+        if self.failures:
+            self.failures -= 1
+            raise OSError(f"When reading information for key '{path}': AWS Error NETWORK_CONNECTION")
+        return self.filesystem.open_input_file(path)
+
+
+@pytest.mark.parametrize("failures", [1, READ_ATTEMPTS])
+def test_a_file_that_fails_to_read_is_tried_again_before_it_counts_as_unreadable(tmp_path, failures):
+    local = LogStore.of(str(tmp_path))
+    store = LogStore(FlakyReads(local.filesystem, failures), local.root, local.location)
+    join = LogJoin(store, wait=60, size=100, clock=Clock())
+    log_file(tmp_path, PARTITION, ["flaky-0"], [0.25])
+    join.add("flaky-0", True, MODEL)
+    outcomes = [settle(join) for _ in range(READ_ATTEMPTS)]
+    if failures < READ_ATTEMPTS:  # a transient error: the next pass reads it
+        assert outcomes[0] == Outcome() and outcomes[1] == Outcome([("flaky-0", 0.25, True)], 0)
+        assert join.unreadable == 0
+    else:  # an error that lasts: given up on after READ_ATTEMPTS, counted once
+        assert all(outcome == Outcome() for outcome in outcomes)
+        assert join.unreadable == 1 and list(join.pending) == ["flaky-0"]
+        settle(join)
+        assert join.unreadable == 1
 
 
 @pytest.mark.slow
