@@ -60,8 +60,8 @@ INTERIM = b"HTTP/1.1 1"  # 100 Continue: the client waits for it before it sends
 
 class HeadWithBody:
     """A request cycle's transport that holds the response head until the first body write and sends both
-    in one write. Only a head with a Content-Length is held: a chunked (streaming) response's head goes out
-    at once, as its chunks may be slow to come. An interim 100 Continue goes out at once too. Closing sends
+    in one write. Only a head with a Content-Length is held, and never a HEAD request's (no body follows
+    it): a chunked (streaming) response's head goes out at once, as its chunks may be slow to come. An interim 100 Continue goes out at once too. Closing sends
     what is held first. Everything else is the connection's transport."""
 
     __slots__ = ("_head_sent", "_held", "_transport")
@@ -135,6 +135,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         # The read that completed the head may hold body bytes too: only then is the head itself measured.
         self.head_started = None
+        previous = self.cycle
         if self.head_bytes > self.max_header_bytes and self._head_size() > self.max_header_bytes:
             self._run_instead(self._answer_431)
         elif self.limit_concurrency is not None and (
@@ -143,8 +144,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._run_instead(self._answer_busy)
         else:
             super().on_headers_complete()
-        if self.cycle is not None:
-            self.cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
+        cycle = self.cycle
+        # Only a cycle this head started (an upgrade to a WebSocket starts none), and never a HEAD
+        # request's: its answer has a Content-Length but no body write to send the head with.
+        if cycle is not None and cycle is not previous and cycle.scope["method"] != "HEAD":
+            cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
 
     def _run_instead(self, refusal: Any) -> None:
         """Let uvicorn start the request's cycle as usual, through an app that only refuses it."""

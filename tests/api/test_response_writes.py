@@ -96,6 +96,19 @@ def test_one_write_per_answer_on_a_kept_alive_connection():
     assert all(write.endswith(b'{"received":3}') for write in transport.writes)
 
 
+def test_a_head_request_is_answered_at_once_on_a_kept_alive_connection():
+    """A HEAD answer has a Content-Length and no body to send it with: it goes out alone, and a request
+    pipelined behind it gets its own answer after it."""
+    head = b"HEAD /echo HTTP/1.1\r\nhost: x\r\n\r\n"
+    post = b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc"
+    transport = asyncio.run(served(head + post))
+    sent = b"".join(transport.writes)
+    assert sent.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")  # /echo takes POST only
+    first, _, rest = sent.partition(b"\r\n\r\n")
+    assert b"\r\ncontent-length: " in first  # the length of the body a GET would get, and no body
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and rest.endswith(b'{"received":3}')
+
+
 def test_a_streamed_answer_sends_its_head_before_its_chunks():
     transport = asyncio.run(served(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n"))
     assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
