@@ -17,7 +17,8 @@ so a process that starts on a day's log reads its last FEEDBACK_INDEX_SIZE recor
 of files read forgets a date partition once no wait reaches it. A file that cannot be read is logged and
 counted (`unreadable`), and not tried again: the log only ever shows complete files, so it stays broken.
 An I/O error (an S3 request that failed, a file gone for a moment) is tried again at the next passes,
-READ_ATTEMPTS in all, before the file counts as unreadable: a transient error must not lose a file's labels.
+READ_ATTEMPTS in all, before the file counts as unreadable: a transient error must not lose a file's labels
+(pyarrow reports some damaged files as I/O errors too: those are read READ_ATTEMPTS times, then counted).
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ class LogJoin:
         self._partitions: dict[str, float] = {}  # model_name=<n> -> until when an item may wait for it
         self._read: dict[str, str] = {}  # log file -> its date partition's day (YYYY-MM-DD)
         self._attempts: dict[str, tuple[int, str]] = {}  # log file -> (reads failed with an I/O error, day)
-        self._recent: deque[pa.Table] = deque()  # request_id and probability, oldest first
+        # (file modified, its request_id and probability), oldest file first: a file read late (after an
+        # I/O error) still takes its place by its time.
+        self._recent: deque[tuple[int, pa.Table]] = deque()
         self._recent_rows = 0
 
     def add(self, request_id: str, positive: bool, partition: str) -> None:
@@ -99,11 +102,10 @@ class LogJoin:
         horizon = self.horizon(datetime.now(UTC))
         ids = list(self.pending)
         tables, found = await asyncio.to_thread(self._read_and_match, list(self._partitions), horizon, ids)
-        for table in tables:
-            self._recent.append(table)
-            self._recent_rows += table.num_rows
+        self._recent = deque(_oldest_first([*self._recent, *tables]))
+        self._recent_rows += sum(table.num_rows for _, table in tables)
         while self._recent_rows > self.size and len(self._recent) > 1:
-            self._recent_rows -= self._recent.popleft().num_rows
+            self._recent_rows -= self._recent.popleft()[1].num_rows
         self._read = {path: day for path, day in self._read.items() if day >= horizon}
         self._attempts = {path: tried for path, tried in self._attempts.items() if tried[1] >= horizon}
 
@@ -134,13 +136,13 @@ class LogJoin:
     # ------------------------------------------------------------------ in a worker thread
     def _read_and_match(
         self, partitions: list[str], horizon: str, ids: list[str]
-    ) -> tuple[list[pa.Table], dict[str, float]]:
-        """The new files' tables (oldest first), and the probability of each id of `ids` found in them or
+    ) -> tuple[list[tuple[int, pa.Table]], dict[str, float]]:
+        """The new files' tables (with their time), and the probability of each id of `ids` found in them or
         in what was read before (the newest record wins, as the index keeps a reused id's latest)."""
         tables = self._read_new(partitions, horizon)
         wanted = pa.array(ids, type=pa.string())
         found: dict[str, float] = {}
-        for table in [*self._recent, *tables]:
+        for _, table in _oldest_first([*self._recent, *tables]):
             # A probability that is no probability (a file not written by the service) is no match: the
             # online metrics' bins take only [0, 1].
             probability = table["probability"]
@@ -157,7 +159,7 @@ class LogJoin:
                 )
         return tables, found
 
-    def _read_new(self, partitions: list[str], horizon: str) -> list[pa.Table]:
+    def _read_new(self, partitions: list[str], horizon: str) -> list[tuple[int, pa.Table]]:
         filesystem = self.store.filesystem
         new: list[tuple[int, str, str]] = []  # (modified, path, day)
         for partition in partitions:
@@ -166,9 +168,9 @@ class LogJoin:
             except OSError:  # an unreachable store: the next pass lists again
                 log.exception("the feedback join could not list %s in %s", partition, self.store.location)
         new.sort(reverse=True)
-        tables: list[pa.Table] = []
+        tables: list[tuple[int, pa.Table]] = []
         rows = 0
-        for _, path, day in new:
+        for modified, path, day in new:
             self._read[path] = day
             if rows >= self.size:  # older than all the memory keeps: as if read and evicted
                 continue
@@ -193,7 +195,7 @@ class LogJoin:
                 self.unreadable += 1
                 continue
             self._attempts.pop(path, None)
-            tables.append(table)
+            tables.append((modified, table))
             rows += table.num_rows
         tables.reverse()
         return tables
@@ -224,3 +226,8 @@ class LogJoin:
                 ):
                     found.append((info.mtime_ns or 0, info.path, day))
         return found
+
+
+def _oldest_first(tables: list[tuple[int, pa.Table]]) -> list[tuple[int, pa.Table]]:
+    """By the files' times, in a stable sort: where a request id repeats, the newest file's record wins."""
+    return sorted(tables, key=lambda entry: entry[0])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +36,9 @@ def today() -> str:
     return datetime.now(UTC).date().isoformat()
 
 
-def log_file(root: Path | str, partition: str, ids: list[str], probabilities: list[float]) -> None:
+def log_file(
+    root: Path | str, partition: str, ids: list[str], probabilities: list[float], name: str = ""
+) -> None:
     """A file as another worker's inference log writer leaves it (its features left out)."""
     table = pa.table(
         {
@@ -45,7 +48,8 @@ def log_file(root: Path | str, partition: str, ids: list[str], probabilities: li
             "label": pa.array(["x"] * len(ids), pa.string()),
         }
     )
-    LogStore.of(str(root)).write(table, f"{partition}/date={today()}/00-{uuid.uuid4()}.parquet")
+    name = name or f"00-{uuid.uuid4()}"
+    LogStore.of(str(root)).write(table, f"{partition}/date={today()}/{name}.parquet")
 
 
 def settle(join: LogJoin) -> Outcome:
@@ -116,14 +120,14 @@ def test_a_bad_file_is_counted_once_and_the_others_are_still_read(tmp_path):
 class FlakyReads:
     """A filesystem whose reads fail with an I/O error, as an S3 request can, the first `failures` times."""
 
-    def __init__(self, filesystem: pafs.FileSystem, failures: int) -> None:
-        self.filesystem, self.failures = filesystem, failures
+    def __init__(self, filesystem: pafs.FileSystem, failures: int, only: str = "") -> None:
+        self.filesystem, self.failures, self.only = filesystem, failures, only
 
     def get_file_info(self, selector):
         return self.filesystem.get_file_info(selector)
 
     def open_input_file(self, path: str):
-        if self.failures:
+        if self.failures and self.only in path:
             self.failures -= 1
             raise OSError(f"When reading information for key '{path}': AWS Error NETWORK_CONNECTION")
         return self.filesystem.open_input_file(path)
@@ -145,6 +149,24 @@ def test_a_file_that_fails_to_read_is_tried_again_before_it_counts_as_unreadable
         assert join.unreadable == 1 and list(join.pending) == ["flaky-0"]
         settle(join)
         assert join.unreadable == 1
+
+
+def test_a_file_read_late_still_yields_to_a_newer_one(tmp_path):
+    """Where a request id repeats (a client's X-Request-ID), the newest file's record wins, also when the
+    older file could only be read at a later pass."""
+    local = LogStore.of(str(tmp_path))
+    join = LogJoin(LogStore(FlakyReads(local.filesystem, 1, only="/00-"), local.root, local.location),
+                   wait=60, size=100, clock=Clock())  # fmt: skip
+    day = tmp_path / PARTITION / f"date={today()}"
+    log_file(tmp_path, PARTITION, ["reused", "older-only"], [0.1, 0.3], name="00-older")
+    log_file(tmp_path, PARTITION, ["reused"], [0.9], name="01-newer")
+    os.utime(day / "00-older.parquet", ns=(10**18, 10**18))
+    os.utime(day / "01-newer.parquet", ns=(2 * 10**18, 2 * 10**18))
+    join.add("older-only", True, MODEL)
+    assert settle(join) == Outcome()  # the older file failed to read: it waits for the next pass
+    assert settle(join) == Outcome([("older-only", 0.3, True)], 0)
+    join.add("reused", False, MODEL)
+    assert settle(join) == Outcome([("reused", 0.9, False)], 0)
 
 
 @pytest.mark.slow
