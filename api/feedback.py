@@ -204,10 +204,20 @@ class PredictionRecorder:
     def __init__(self, index: PredictionIndex, inference_log: InferenceLog | None) -> None:
         self.index, self.inference_log = index, inference_log
 
-    def record(self, model: ServedModel, request_id: str, row: Row, label: Label, probability: float) -> None:
+    def record(
+        self,
+        model: ServedModel,
+        request_id: str,
+        row: Row,
+        label: Label,
+        probability: float,
+        body: bytes | None = None,
+    ) -> None:
+        """`body`: the request's, when its JSON holds `row` exactly as typed (RequestModels.parse_record
+        says so); the inference log then keeps it rather than the values."""
         self.index.add(request_id, probability)
         if self.inference_log is not None:
-            self.inference_log.record(model, request_id, row, label, probability)
+            self.inference_log.record(model, request_id, row, label, probability, body)
 
     def batch(
         self,

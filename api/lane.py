@@ -59,11 +59,11 @@ class Lane:
         try:
             model = service.require_model()
             body = await self.deadlines.received(receive, _content_length(scope["headers"]), self.limit)
-            row = model.requests.parse_record(body, service.telemetry)
+            row, typed = model.requests.parse_record(body, service.telemetry)
             label, probability = service.score_one(model, row)
             registry = model.registry
             request_id = request_ids.of(scope)
-            self.recorder.record(model, request_id, row, label, probability)
+            self.recorder.record(model, request_id, row, label, probability, body if typed else None)
             answer = prediction_body(request_id, label, probability, registry.name, registry.version)
         except ApiError as error:
             await _refuse(error, scope, receive, send)

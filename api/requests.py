@@ -43,13 +43,15 @@ class RequestModels:
     decoder: FastDecoder | None  # None: pydantic validates every body
     max_errors: int  # issues reported per 422 (MAX_VALIDATION_ERRORS); the rest are counted
 
-    def parse_record(self, body: bytes, telemetry: Telemetry) -> Row:
-        """The validated record, keyed by feature name. Raises RequestInvalid, its fields counted."""
+    def parse_record(self, body: bytes, telemetry: Telemetry) -> tuple[Row, bool]:
+        """The validated record, keyed by feature name, and whether the fast decoder took it: then every
+        value in the body has exactly its field's JSON type, and a reader of the body's JSON (the inference
+        log's) finds the same values. Raises RequestInvalid, its fields counted."""
         if self.decoder is not None:
             decoded = self.decoder.record(body)
             if decoded is not None:
-                return decoded
-        return dict(self._validate(self.record, body, telemetry, batch=False).__dict__)
+                return decoded, True
+        return dict(self._validate(self.record, body, telemetry, batch=False).__dict__), False
 
     def parse_batch(self, body: bytes, telemetry: Telemetry) -> ColumnBatch:
         """The validated batch, by column. Raises RequestInvalid, its fields counted."""
