@@ -10,7 +10,7 @@ The request path never waits: it appends one tuple to a bounded queue (a batch i
 columns and probabilities as they are, a single record its request body) and returns. A writer thread sorts items into files to be, and
 writes one once it holds INFERENCE_LOG_FLUSH_ROWS records or its first record is
 INFERENCE_LOG_FLUSH_SECONDS old. What each pass over the queue took is turned into Arrow columns at once,
-in bulk (`from_pylist`, numpy arrays): per-row Python in the writer thread holds the GIL against the
+in bulk (pyarrow's JSON reader for single records, numpy arrays for batches): per-row Python in the writer thread holds the GIL against the
 event loop, and a minute of rows kept as Python objects would weigh on every garbage collection. A file is written under a `.`-prefixed name and renamed, and readers
 skip `.` files: they only ever see complete ones. Past INFERENCE_LOG_QUEUE_ROWS waiting records, new
 ones are dropped and counted (`inference_log_dropped_total`); a failed write is logged and counted
@@ -33,7 +33,6 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -53,9 +52,14 @@ RECORD, BODY, BATCH = "record", "body", "batch"  # what an inference log item ho
 # A body's line breaks are JSON whitespace only (a string cannot hold one raw), so they become spaces and
 # each body one line of the newline-delimited JSON the writer parses.
 ONE_LINE = bytes.maketrans(b"\r\n", b"  ")
-# A record's body is queued as it is up to this size (a record of a few hundred features); a larger one,
-# which only padding makes so large, as its values: the queue bounds records, and each then weighs little.
-MAX_QUEUED_BODY_BYTES = 16 * 1024
+# A record's body is queued as it is up to this many bytes per feature (a key, a value, JSON's punctuation
+# and some spaces); a larger one, which only padding makes so large, as its values. The queue bounds
+# records, not bytes: this keeps each one about as heavy as its values were (a full default queue of
+# 100,000 records of 13 features: at most 130 MB).
+MAX_QUEUED_BODY_BYTES_PER_FEATURE = 100
+# The JSON reader's block: any number of bodies, each on one line shorter than this (a model of 10,000
+# features at most; a larger one is parsed by blocks of its size).
+JSON_BLOCK_BYTES = 1 << 20
 
 
 def arrow_type(label: Label) -> pa.DataType:
@@ -313,11 +317,13 @@ class InferenceLog:
         self._model: ServedModel | None = None
         self._stream: Stream | None = None
         self._values: Callable[[Mapping[str, Any]], tuple[Any, ...]] = tuple
+        self._max_body_bytes = 0
 
     def _stream_of(self, model: ServedModel) -> Stream:
         if model is not self._model:  # a new model: its features and label type
             self._stream, self._model = _inference_stream(model), model
             self._values = _values_of(model.requests.columns.order)
+            self._max_body_bytes = MAX_QUEUED_BODY_BYTES_PER_FEATURE * len(model.requests.columns.order)
         assert self._stream is not None
         return self._stream
 
@@ -332,7 +338,7 @@ class InferenceLog:
     ) -> None:
         stream = self._stream if model is self._model else self._stream_of(model)
         assert stream is not None
-        if body is not None and len(body) <= MAX_QUEUED_BODY_BYTES:
+        if body is not None and len(body) <= self._max_body_bytes:
             self.writer.submit(stream, 1, (BODY, request_id, body, label, probability))
         else:
             self.writer.submit(stream, 1, (RECORD, request_id, self._values(row), label, probability))
@@ -366,6 +372,8 @@ def _inference_stream(model: ServedModel) -> Stream:
         + [(name, pa.string()) for name in columns.categorical]
     )
     parse_options = pa_json.ParseOptions(explicit_schema=features, unexpected_field_behavior="ignore")
+    block_bytes = max(JSON_BLOCK_BYTES, MAX_QUEUED_BODY_BYTES_PER_FEATURE * len(features) + 1)
+    decoder = model.requests.decoder
     label_type = arrow_type(model.labels[0])
     label_values = pa.array(list(model.labels), type=label_type)
     suffixed = SuffixedIds()
@@ -395,17 +403,19 @@ def _inference_stream(model: ServedModel) -> Stream:
         # columns in C++ with the GIL released. Built from the records' values instead, they held the GIL
         # against the event loop for about 5 ms per 1,000 records while the service was busy, and the p99
         # of single records at 32 connections went from about 5 ms with the log off to about 10 with it on
-        # (about 7 this way). A body the reader refuses (none that the fast decoder took is known) is
-        # decoded by msgspec instead, and its run built from the values.
+        # (about 7 this way). A run with a body the reader refuses (a repeated key: the fast decoder keeps
+        # the last one) is decoded again by the fast decoder, and built from the values it gives, as
+        # the route scored them.
         payloads = [payload for _, payload in run]
         text = b"\n".join([payload[2].translate(ONE_LINE) for payload in payloads])
         try:
             parsed = pa_json.read_json(
                 pa.BufferReader(text),
-                read_options=pa_json.ReadOptions(use_threads=False, block_size=len(text) + 1),
+                # One thread: the rows in the bodies' order, and no pool competing for the cores.
+                read_options=pa_json.ReadOptions(use_threads=False, block_size=block_bytes),
                 parse_options=parse_options,
             )
-        except (pa.ArrowException, ValueError):
+        except (pa.ArrowException, ValueError, OverflowError):
             parsed = None
         if parsed is None or parsed.num_rows != len(payloads):  # a body only Python reads as it was served
             return _records([(at, _as_record(payload)) for at, payload in run])
@@ -421,8 +431,10 @@ def _inference_stream(model: ServedModel) -> Stream:
         )
 
     def _as_record(payload: Any) -> Any:
-        decoded = msgspec.json.decode(payload[2])
-        return (RECORD, payload[1], tuple(decoded.get(field.name) for field in features), *payload[3:])
+        decoded = decoder.record(payload[2]) if decoder is not None else None
+        if decoded is None:  # never: a body is queued only when this decoder took it
+            raise ValueError(f"request {payload[1]}: a queued body the fast decoder refuses")
+        return (RECORD, payload[1], tuple(decoded[field.name] for field in features), *payload[3:])
 
     def _records(run: list[tuple[float, Any]]) -> pa.Table:
         values = zip(*(payload[2] for _, payload in run), strict=True)  # by column

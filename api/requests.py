@@ -46,7 +46,8 @@ class RequestModels:
     def parse_record(self, body: bytes, telemetry: Telemetry) -> tuple[Row, bool]:
         """The validated record, keyed by feature name, and whether the fast decoder took it: then every
         value in the body has exactly its field's JSON type, and a reader of the body's JSON (the inference
-        log's) finds the same values. Raises RequestInvalid, its fields counted."""
+        log's) finds the same values, but for the sign of an integer -0 (0.0 here) and a repeated key
+        (the last one here; the log's reader refuses it). Raises RequestInvalid, its fields counted."""
         if self.decoder is not None:
             decoded = self.decoder.record(body)
             if decoded is not None:

@@ -126,16 +126,18 @@ def test_a_record_queued_as_its_body_is_the_table_of_its_values(api_registry):
     assert stream.build(mixed).equals(expected)
 
 
-def test_bodies_the_json_reader_refuses_are_built_from_their_decoded_values(api_registry, monkeypatch):
+def test_a_run_with_a_body_the_json_reader_refuses_is_built_from_the_values_the_route_scored(api_registry):
     settings = api_registry.settings()
     model = load_registered(settings, resolve_alias(settings))
     stream = _inference_stream(model)
-    values, bodies = _record_entries(model, _typed_bodies(api_registry, model), time.time())
-
-    def refused(*args, **kwargs):
-        raise pa.ArrowInvalid("JSON parse error")
-
-    monkeypatch.setattr(inference_log.pa_json, "read_json", refused)
+    rows = _typed_bodies(api_registry, model)
+    # A repeated key: the fast decoder keeps the last value, pyarrow's reader refuses the body.
+    row, body = rows[5]
+    first = next(name for name in model.requests.columns.numeric)
+    repeated = b'{"%s": 17, ' % first.encode() + body.lstrip()[1:]
+    assert model.requests.decoder.record(repeated) == row
+    rows[5] = (row, repeated)
+    values, bodies = _record_entries(model, rows, time.time())
     assert stream.build(bodies).equals(stream.build(values))
 
 
@@ -149,7 +151,8 @@ def test_a_record_is_queued_as_its_body_only_when_typed_and_small(api_registry):
     log = inference_log.InferenceLog(writer)
     row = api_registry.rows(1)[0]
     body = json.dumps(row).encode()
-    padded = body[:-1] + b" " * inference_log.MAX_QUEUED_BODY_BYTES + b"}"
+    features = len(model.requests.columns.order)
+    padded = body[:-1] + b" " * (inference_log.MAX_QUEUED_BODY_BYTES_PER_FEATURE * features) + b"}"
     log.record(model, "typed", row, model.labels[0], 0.1, body)
     log.record(model, "untyped", row, model.labels[0], 0.1)  # pydantic's: its values
     log.record(model, "padded", row, model.labels[0], 0.1, padded)  # a body that size is mostly padding
