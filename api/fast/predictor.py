@@ -80,6 +80,7 @@ class FastPredictor(BatchPredictor):
         self._numeric_mean = np.array([c.mean for c in numeric], dtype=np.float64)
         self._numeric_scale = np.array([c.scale for c in numeric], dtype=np.float64)
         self.names = (*self._numeric_names, *(c.name for c in categorical))
+        self._zeros = np.zeros(width, dtype=np.float64)
         # category -> output column, with None (missing) already mapped the way the imputer fills it.
         self._categorical = tuple((c.name, _with_missing(c)) for c in categorical)
         self._score = scorer.matrix
@@ -124,7 +125,9 @@ class FastPredictor(BatchPredictor):
         return matrix, unknown
 
     def _encode_one(self, row: Row) -> tuple[np.ndarray, dict[str, int]]:
-        vector = [0.0] * self.width
+        # A copy of zeros, then a dozen items set: 0.5 µs, where a list of `width` floats and np.array of
+        # it took 2.2 (its every item inspected for a dtype). The same float64 values either way.
+        vector = self._zeros.copy()
         for name, position, fill, mean, scale in self._numeric:
             value = row[name]
             if value is None or math.isnan(value):
@@ -138,7 +141,7 @@ class FastPredictor(BatchPredictor):
                 vector[position] = 1.0
             elif position == UNKNOWN:
                 unknown[name] = 1
-        return np.array(vector, dtype=np.float64), unknown
+        return vector, unknown
 
     def predict_one(self, row: Row) -> tuple[float, dict[str, int]]:
         encoded, unknown = self._encode_one(row)
