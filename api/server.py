@@ -10,7 +10,10 @@ and httptools gathers a header however long it grows, at a cost that grows faste
   of the previous response on a kept-alive one: 408, then the connection closes. The body has the same
   deadline from the end of the head, kept by api/bodies.py;
 - MAX_HEADER_BYTES for the head: 431, then the connection closes, before httptools holds more than one
-  read past the limit.
+  read past the limit. A head is counted from the end of the previous request, so that one pipelined
+  behind a request still being answered is bounded too: past the limit, reading stops until that answer
+  is sent, and the 431 follows it. One that began in the same read as that end is measured exactly
+  when it completes.
 
 And it sends a response's head together with its body when the body's length is known (`HeadWithBody`):
 uvicorn writes each to the socket as the app sends it, two send() calls and often two TCP segments for
@@ -110,15 +113,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     limits_read: ClassVar[bool] = False
     _reapers: ClassVar[dict[asyncio.AbstractEventLoop, asyncio.Task[None]]] = {}
 
-    # The loop time the current head began (None while a request is being served), and its bytes so far.
+    # The loop time the current head's deadline runs from (None while a request is being served).
     head_started: float | None = None
+    # Whether reads now are the next head's (from the end of the previous request's message), its bytes
+    # so far, whether the current read was counted for it, and whether it began in a read that was not
+    # (pipelined behind the previous request's end): then only its exact size tells.
+    head_counted = True
     head_bytes = 0
+    read_counted = False
+    head_unmeasured = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if not self.limits_read:
             _read_limits(type(self))
         super().connection_made(transport)
-        self.head_started, self.head_bytes = self.loop.time(), 0
+        self.head_started, self.head_counted, self.head_bytes = self.loop.time(), True, 0
         reaper = self._reapers.get(self.loop)
         if reaper is None or reaper.done():
             self._reapers[self.loop] = self.loop.create_task(
@@ -126,17 +135,32 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
 
     def data_received(self, data: bytes) -> None:
-        if self.head_started is not None:
+        self.read_counted = counted = self.head_counted
+        if counted:
             self.head_bytes += len(data)
         super().data_received(data)
-        if self.head_started is not None and self.head_bytes > self.max_header_bytes:
-            self.refuse(431, HEADERS_TOO_LARGE, self._too_large())
+        if self.head_counted and self.head_bytes > self.max_header_bytes:
+            if self._answering():  # the answer owed goes first: the rest waits in the socket till then
+                self.flow.pause_reading()
+            else:
+                self.refuse(431, HEADERS_TOO_LARGE, self._too_large())
+
+    def _answering(self) -> bool:
+        cycle = self.cycle
+        return cycle is not None and not cycle.response_complete
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.head_unmeasured = not self.read_counted
 
     def on_headers_complete(self) -> None:
-        # The read that completed the head may hold body bytes too: only then is the head itself measured.
-        self.head_started = None
+        # The read that completed the head may hold body bytes too, and a pipelined head may have begun in
+        # a read counted for the request before it: only then is the head itself measured.
+        self.head_started, self.head_counted = None, False
         previous = self.cycle
-        if self.head_bytes > self.max_header_bytes and self._head_size() > self.max_header_bytes:
+        if (
+            self.head_bytes > self.max_header_bytes or self.head_unmeasured
+        ) and self._head_size() > self.max_header_bytes:
             self._run_instead(self._answer_431)
         elif self.limit_concurrency is not None and (
             len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
@@ -161,10 +185,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self.head_counted and self.head_bytes > self.max_header_bytes:  # pipelined, over the limit
+            self.refuse(431, HEADERS_TOO_LARGE, self._too_large())
+            return
         self._arm_if_idle()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        # What follows is the next head, pipelined in the rest of this read or in the next ones.
+        self.head_counted, self.head_bytes, self.read_counted = True, 0, False
         # A response sent before its request's body ended (a 413 on Content-Length, a 404 that never
         # reads): the next head starts only now, not at the response, or the body's remaining bytes
         # would be counted as a head (a stray 431 on a kept-alive connection, or a 408 mid-upload).
@@ -172,14 +201,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._arm_if_idle(body_done=True)
 
     def _arm_if_idle(self, body_done: bool = False) -> None:
-        """Start the next head's deadline and byte count once the connection waits for one: the response
-        is sent, the request's body has all arrived, and no pipelined request was started instead."""
+        """Start the next head's deadline once the connection waits for one: the response is sent, the
+        request's body has all arrived, and no pipelined request was started instead (its bytes are
+        counted from the end of the request's message, on_message_complete)."""
         cycle = self.cycle
         if self.transport.is_closing() or cycle is None or not cycle.response_complete:
             return
         if cycle.more_body and not body_done:  # uvicorn leaves more_body set once it has answered
             return
-        self.head_started, self.head_bytes = self.loop.time(), 0
+        self.head_started = self.loop.time()
 
     def _head_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
@@ -199,7 +229,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def refuse(self, status: int, reason: str, detail: str) -> None:
         """Answer `status` with an ErrorResponse body and close, mid-head; nothing of the request runs."""
-        self.head_started = None
+        self.head_started, self.head_counted = None, False
         if self.transport.is_closing():
             return
         request_id = request_ids.new_id()  # a head cut short carries no header that can be trusted

@@ -6,47 +6,22 @@ server's own protocol class, as uvicorn runs it, on a transport that records eac
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
-from uvicorn.config import Config
-from uvicorn.server import ServerState
 
 from api import server
 from api.server import GuardedHttpToolsProtocol
+from tests.support.transports import RecordingTransport, connected
 
 
 @pytest.fixture(autouse=True)
 def limits(monkeypatch):
     """The head limits as their defaults: this process's environment names no model to read settings for."""
     monkeypatch.setattr(GuardedHttpToolsProtocol, "limits_read", True)
-
-
-class RecordingTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -66,11 +41,7 @@ APP = Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/stream",
 
 
 async def served(request: bytes, *, settle: float = 0.2) -> RecordingTransport:
-    config = Config(APP, http=GuardedHttpToolsProtocol, lifespan="off", access_log=False)
-    config.load()
-    protocol = GuardedHttpToolsProtocol(config, ServerState(), app_state={}, _loop=asyncio.get_running_loop())
-    transport = RecordingTransport()
-    protocol.connection_made(transport)
+    protocol, transport = connected(APP)
     protocol.data_received(request)
     await asyncio.sleep(settle)
     protocol.connection_lost(None)
@@ -119,12 +90,7 @@ def test_a_streamed_answer_sends_its_head_before_its_chunks():
 
 def test_100_continue_goes_out_before_the_body_arrives():
     async def scenario() -> RecordingTransport:
-        config = Config(APP, http=GuardedHttpToolsProtocol, lifespan="off", access_log=False)
-        config.load()
-        loop = asyncio.get_running_loop()
-        protocol = GuardedHttpToolsProtocol(config, ServerState(), app_state={}, _loop=loop)
-        transport = RecordingTransport()
-        protocol.connection_made(transport)
+        protocol, transport = connected(APP)
         protocol.data_received(
             b"POST /echo HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n"
         )
