@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -17,13 +18,23 @@ from tests.support.processes import subprocess_env
 pytestmark = pytest.mark.slow
 
 
-def dvc(workdir, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """DVC with the environment a user has: no MLFLOW_TRACKING_URI, so the default store is used."""
+def dvc(workdir, *args: str, timeout: float = 600, output: Path | None = None) -> subprocess.CompletedProcess:
+    """DVC with the environment a user has: no MLFLOW_TRACKING_URI, so the default store is used. With
+    `output`, what it prints goes to that file, not to a pipe: a command that leaves a process behind
+    (`dvc queue start` detaches its workers, which inherit its output) would keep a pipe open, and
+    waiting for its end would wait for the workers."""
     env = subprocess_env()
     env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run(
-        ["dvc", *args], cwd=workdir, capture_output=True, text=True, env=env, timeout=timeout
-    )
+    if output is None:
+        result = subprocess.run(
+            ["dvc", *args], cwd=workdir, capture_output=True, text=True, env=env, timeout=timeout
+        )
+    else:
+        with output.open("w") as sink:
+            result = subprocess.run(
+                ["dvc", *args], cwd=workdir, stdout=sink, stderr=subprocess.STDOUT, env=env, timeout=timeout
+            )
+        result.stdout, result.stderr = output.read_text(), ""
     assert result.returncode == 0, f"dvc {' '.join(args)}\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -48,13 +59,16 @@ def test_queued_and_workspace_experiments_all_land_in_the_repository_store(tmp_p
     ).stdout.strip()
 
     dvc(workdir, "exp", "run", "--queue", "-S", "train.xgboost.n_estimators=20,40")
-    dvc(workdir, "queue", "start", "-j", "2")
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = dvc(workdir, "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
+    dvc(workdir, "queue", "start", "-j", "2", output=tmp_path / "queue-start.log")
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status = dvc(workdir, "queue", "status").stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(3)
+    finally:
+        dvc(workdir, "queue", "stop")  # the workers, which outlive the queue they ran now and then
     failed = [line.split()[1] for line in status.splitlines() if " Failed" in line]
     assert not failed, status + "".join(dvc(workdir, "queue", "logs", name).stdout for name in failed)
     dvc(workdir, "exp", "run", "-S", "train.xgboost.max_depth=3")
