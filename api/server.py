@@ -11,8 +11,8 @@ and httptools gathers a header however long it grows, at a cost that grows faste
   deadline from the end of the head, kept by api/bodies.py;
 - MAX_HEADER_BYTES for the head: 431, then the connection closes, before httptools holds more than one
   read past the limit. A head is counted from the end of the previous request, so that one pipelined
-  behind a request still being answered is bounded too: past the limit, reading stops until that answer
-  is sent, and the 431 follows it. One that began in the same read as that end is measured exactly
+  behind a request still being answered is bounded too: past the limit, reading stops (and what still
+  arrives of that head is dropped) until every answer owed is sent, and the 431 follows them. One that began in the same read as that end is measured exactly
   when it completes.
 
 And it sends a response's head together with its body when the body's length is known (`HeadWithBody`):
@@ -135,6 +135,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
 
     def data_received(self, data: bytes) -> None:
+        if self.head_counted and self.head_bytes > self.max_header_bytes:
+            # A head over the limit behind an answer still owed, whose 431 follows that answer; reading
+            # resumed meanwhile (the app's every `receive()` resumes it in uvicorn). The rest of that head
+            # is not kept: it is refused whatever it holds.
+            self.flow.pause_reading()
+            return
         self.read_counted = counted = self.head_counted
         if counted:
             self.head_bytes += len(data)
@@ -186,7 +192,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.head_counted and self.head_bytes > self.max_header_bytes:  # pipelined, over the limit
-            self.refuse(431, HEADERS_TOO_LARGE, self._too_large())
+            if self._answering():  # a request queued before it has just started: its answer goes first
+                self.flow.pause_reading()  # which uvicorn has just resumed
+            else:
+                self.refuse(431, HEADERS_TOO_LARGE, self._too_large())
             return
         self._arm_if_idle()
 

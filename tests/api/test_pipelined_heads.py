@@ -96,3 +96,57 @@ def test_pipelined_heads_within_the_limit_are_served_in_turn():
     transport = asyncio.run(scenario())
     assert statuses(transport) == [b"200", b"200"] and not transport.closed and not transport.paused
     assert b"".join(transport.writes).endswith(b'{"received":2}')
+
+
+def test_the_431_waits_for_every_answer_owed_before_it():
+    """Two requests queued behind the one in flight, then a head over the limit: each of the three is
+    answered, in order, before the 431 (a client would take a 431 in their place as their answer)."""
+
+    async def scenario() -> RecordingTransport:
+        release = asyncio.Event()
+        protocol, transport = connected(slow_app(release))
+        protocol.data_received(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        await asyncio.sleep(0.05)
+        protocol.data_received(
+            b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
+            b"GET /slow HTTP/1.1\r\nhost: x\r\nx-big: "
+        )
+        for _ in range(2 * MAX_HEADER_BYTES // 1024):
+            protocol.data_received(b"b" * 1024)
+        release.set()  # both /slow requests answer at once, the /echo after them
+        await asyncio.sleep(0.1)
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert statuses(transport) == [b"200", b"200", b"200", b"431"] and transport.closed
+    assert transport.writes[-1].startswith(b"HTTP/1.1 431")
+
+
+def test_an_app_that_reads_while_it_answers_does_not_let_an_oversized_pipelined_head_grow():
+    """uvicorn resumes reading on each `receive()` of the request being answered (here: a disconnect check
+    every 10 ms): what then arrives of a pipelined head already over the limit is not kept."""
+
+    async def polling(request: Request) -> JSONResponse:
+        for _ in range(30):
+            await request.is_disconnected()
+            await asyncio.sleep(0.01)
+        return JSONResponse({"polled": True})
+
+    async def scenario() -> tuple[RecordingTransport, int, int]:
+        protocol, transport = connected(Starlette(routes=[Route("/poll", polling)]))
+        protocol.data_received(b"GET /poll HTTP/1.1\r\nhost: x\r\n\r\n")
+        await asyncio.sleep(0.01)
+        protocol.data_received(b"GET /poll HTTP/1.1\r\nhost: x\r\nx-big: ")
+        fed = 0
+        for _ in range(60):  # whenever reading is on, a read of 64 KiB
+            if not transport.paused and not transport.closed:
+                protocol.data_received(b"b" * 65536)
+                fed += 1
+            await asyncio.sleep(0.005)
+        return transport, fed, protocol.head_bytes
+
+    transport, fed, held = asyncio.run(scenario())
+    assert fed > 1  # the app's reads did resume reading, again and again
+    assert held <= MAX_HEADER_BYTES + 65536  # of the head, at most one read past the limit was taken
+    assert statuses(transport) == [b"200", b"431"]
