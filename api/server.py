@@ -13,7 +13,12 @@ and httptools gathers a header however long it grows, at a cost that grows faste
   read past the limit. A head is counted from the end of the previous request, so that one pipelined
   behind a request still being answered is bounded too: past the limit, reading stops (and what still
   arrives of that head is dropped) until every answer owed is sent, and the 431 follows them. One that began in the same read as that end is measured exactly
-  when it completes.
+  when it completes. The trailer section of a chunked body is a head too (httptools gathers it the same
+  way: 1 MiB of trailer in 1 KiB reads held the loop for 0.15 s, and the cost grows with the square of its
+  size), held to the same limit from the read after its last chunk and measured exactly at the message's
+  end; one over the limit is a 431 that closes, in its turn like a head's, and its request never sees its
+  body end. Trailers are not headers (RFC 9110, 6.5.1) and are never merged into the request's: uvicorn appends
+  them to `scope["headers"]`, which the app has already read, so they are dropped.
 
 And it sends a response's head together with its body when the body's length is known (`HeadWithBody`):
 uvicorn writes each to the socket as the app sends it, two send() calls and often two TCP segments for
@@ -122,6 +127,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     head_bytes = 0
     read_counted = False
     head_unmeasured = False
+    # A chunked body's trailer section: whether the chunk being read carried data (the last one carries
+    # none, and its trailers follow), where they would start in the request's headers, and their bytes
+    # so far.
+    chunk_has_data = False
+    trailers_from: int | None = None
+    trailer_bytes = 0
+    trailing: Any = None  # the request cycle those trailers belong to
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if not self.limits_read:
@@ -135,21 +147,46 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
 
     def data_received(self, data: bytes) -> None:
-        if self.head_counted and self.head_bytes > self.max_header_bytes:
-            # A head over the limit behind an answer still owed, whose 431 follows that answer; reading
-            # resumed meanwhile (the app's every `receive()` resumes it in uvicorn). The rest of that head
-            # is not kept: it is refused whatever it holds.
+        if self._refusal_owed():
+            # A head or trailers over the limit behind an answer still owed, whose 431 follows that answer;
+            # reading resumed meanwhile (the app's every `receive()` resumes it in uvicorn). The rest is not
+            # kept: it is refused whatever it holds.
             self.flow.pause_reading()
             return
         self.read_counted = counted = self.head_counted
         if counted:
             self.head_bytes += len(data)
+        after_chunk_header = self.trailers_from is not None and not self.chunk_has_data
         super().data_received(data)
-        if self.head_counted and self.head_bytes > self.max_header_bytes:
-            if self._answering():  # the answer owed goes first: the rest waits in the socket till then
+        if after_chunk_header and self.trailers_from is not None and not self.chunk_has_data:
+            # A whole read after a chunk's header gave that chunk no data, nor ended the message: it was the
+            # last chunk's, and the read was trailers. (The read the trailers began in is measured at the
+            # message's end.)
+            self.trailer_bytes += len(data)
+        if self._refusal_owed():
+            self._refuse_in_turn()
+
+    def _refusal_owed(self) -> bool:
+        limit = self.max_header_bytes
+        return (self.head_counted and self.head_bytes > limit) or self.trailer_bytes > limit
+
+    def _refuse_in_turn(self) -> None:
+        """Refuse what went past the limit once no answer owed before it is still being sent: until then
+        reading stays paused, and on_response_complete comes back here."""
+        if self.trailer_bytes > self.max_header_bytes:
+            cycle = self.trailing
+            if any(queued is cycle for queued, _ in self.pipeline):  # pipelined: an earlier answer goes first
                 self.flow.pause_reading()
+            elif cycle.response_started:  # answered before its body ended: the rest is refused by closing
+                self.trailer_bytes = 0
+                self.transport.close()
+                self._count(HEADERS_TOO_LARGE)
             else:
                 self.refuse(431, HEADERS_TOO_LARGE, self._too_large())
+        elif self._answering():  # the answer owed goes first: the rest waits in the socket till then
+            self.flow.pause_reading()
+        else:
+            self.refuse(431, HEADERS_TOO_LARGE, self._too_large())
 
     def _answering(self) -> bool:
         cycle = self.cycle
@@ -191,15 +228,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.head_counted and self.head_bytes > self.max_header_bytes:  # pipelined, over the limit
-            if self._answering():  # a request queued before it has just started: its answer goes first
-                self.flow.pause_reading()  # which uvicorn has just resumed
-            else:
-                self.refuse(431, HEADERS_TOO_LARGE, self._too_large())
+        if self._refusal_owed():  # pipelined or still arriving, over the limit: its turn may have come
+            self._refuse_in_turn()  # or pauses again the reading uvicorn has just resumed
             return
         self._arm_if_idle()
 
+    def on_chunk_header(self) -> None:
+        # httptools reports a chunk's header (its size is not given) once its line is read; the body of a
+        # chunk with data follows at once (on_body), and for the last chunk, the trailer section does.
+        self.chunk_has_data = False
+        self.trailers_from, self.trailing = len(self.headers), self.cycle
+
+    def on_body(self, body: bytes) -> None:
+        self.chunk_has_data = True
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self.trailers_from is not None and self._end_trailers():
+            # Over the limit: the request never learns that its body ended; it is refused in its turn, and
+            # sees the client disconnect.
+            self._refuse_in_turn()
+            return
         super().on_message_complete()
         # What follows is the next head, pipelined in the rest of this read or in the next ones.
         self.head_counted, self.head_bytes, self.read_counted = True, 0, False
@@ -208,6 +257,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # would be counted as a head (a stray 431 on a kept-alive connection, or a 408 mid-upload).
         if self.cycle is not None and self.cycle.response_complete:
             self._arm_if_idle(body_done=True)
+
+    def _end_trailers(self) -> bool:
+        """Take the trailer section out of the request's headers, where uvicorn put it, and measure it
+        exactly (its first read was not counted): whether it is over the limit."""
+        start, self.trailers_from = self.trailers_from, None
+        trailers = self.headers[start:]
+        del self.headers[start:]
+        size = sum(len(name) + len(value) + 4 for name, value in trailers)
+        self.trailer_bytes = size if size > self.max_header_bytes else 0
+        return size > self.max_header_bytes
 
     def _arm_if_idle(self, body_done: bool = False) -> None:
         """Start the next head's deadline once the connection waits for one: the response is sent, the
@@ -237,8 +296,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._count(CONCURRENCY_LIMIT)
 
     def refuse(self, status: int, reason: str, detail: str) -> None:
-        """Answer `status` with an ErrorResponse body and close, mid-head; nothing of the request runs."""
-        self.head_started, self.head_counted = None, False
+        """Answer `status` with an ErrorResponse body and close, mid-head; nothing of the request runs (or,
+        for its trailers, nothing more of it: it sees the client disconnect)."""
+        self.head_started, self.head_counted, self.trailer_bytes = None, False, 0
+        self.trailers_from = None
         if self.transport.is_closing():
             return
         request_id = request_ids.new_id()  # a head cut short carries no header that can be trusted
