@@ -147,7 +147,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
 
     def data_received(self, data: bytes) -> None:
-        if self._refusal_owed():
+        # The checks are written out here, not called: this runs for every read of every request.
+        limit = self.max_header_bytes
+        if self.trailer_bytes > limit or (self.head_counted and self.head_bytes > limit):
             # A head or trailers over the limit behind an answer still owed, whose 431 follows that answer;
             # reading resumed meanwhile (the app's every `receive()` resumes it in uvicorn). The rest is not
             # kept: it is refused whatever it holds.
@@ -163,7 +165,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # last chunk's, and the read was trailers. (The read the trailers began in is measured at the
             # message's end.)
             self.trailer_bytes += len(data)
-        if self._refusal_owed():
+        if self.trailer_bytes > limit or (self.head_counted and self.head_bytes > limit):
             self._refuse_in_turn()
 
     def _refusal_owed(self) -> bool:
