@@ -16,8 +16,9 @@ and httptools gathers a header however long it grows, at a cost that grows faste
   when it completes. The trailer section of a chunked body is a head too (httptools gathers it the same
   way: 1 MiB of trailer in 1 KiB reads held the loop for 0.15 s, and the cost grows with the square of its
   size), held to the same limit from the read after its last chunk and measured exactly at the message's
-  end; one over the limit is a 431 that closes, in its turn like a head's, and its request never sees its
-  body end. Trailers are not headers (RFC 9110, 6.5.1) and are never merged into the request's: uvicorn appends
+  end; one over the limit is a 431 that closes, in its turn like a head's (or a close, once its request
+  has its answer), its request never sees its body end, and nothing after it in the same read starts a
+  request. Trailers are not headers (RFC 9110, 6.5.1) and are never merged into the request's: uvicorn appends
   them to `scope["headers"]`, which the app has already read, so they are dropped.
 
 And it sends a response's head together with its body when the body's length is known (`HeadWithBody`):
@@ -131,9 +132,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # none, and its trailers follow), where they would start in the request's headers, and their bytes
     # so far.
     chunk_has_data = False
+    chunk_parsed = False  # whether the current read held a chunk's header or data
     trailers_from: int | None = None
     trailer_bytes = 0
     trailing: Any = None  # the request cycle those trailers belong to
+    # A refusal is decided: what follows it in the read being parsed starts no request and feeds none.
+    stopped = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if not self.limits_read:
@@ -159,11 +163,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if counted:
             self.head_bytes += len(data)
         after_chunk_header = self.trailers_from is not None and not self.chunk_has_data
+        self.chunk_parsed = False
         super().data_received(data)
-        if after_chunk_header and self.trailers_from is not None and not self.chunk_has_data:
-            # A whole read after a chunk's header gave that chunk no data, nor ended the message: it was the
-            # last chunk's, and the read was trailers. (The read the trailers began in is measured at the
-            # message's end.)
+        if after_chunk_header and not self.chunk_parsed and self.trailers_from is not None:
+            # A whole read right after a chunk's header held no chunk data (a chunk with any is data from
+            # its first byte on), no other chunk and not the message's end: it was the last chunk's
+            # trailers. (The read the trailers began in is measured at the message's end.)
             self.trailer_bytes += len(data)
         if self.trailer_bytes > limit or (self.head_counted and self.head_bytes > limit):
             self._refuse_in_turn()
@@ -176,10 +181,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Refuse what went past the limit once no answer owed before it is still being sent: until then
         reading stays paused, and on_response_complete comes back here."""
         if self.trailer_bytes > self.max_header_bytes:
+            self.stopped = True
             cycle = self.trailing
-            if any(queued is cycle for queued, _ in self.pipeline):  # pipelined: an earlier answer goes first
+            if any(queued is cycle for queued, _ in self.pipeline) or (
+                cycle.response_started and not cycle.response_complete
+            ):  # an answer owed goes first: an earlier request's, or its own, still being sent
                 self.flow.pause_reading()
-            elif cycle.response_started:  # answered before its body ended: the rest is refused by closing
+            elif cycle.response_complete:  # answered before its body ended: the rest is refused by closing
                 self.trailer_bytes = 0
                 self.transport.close()
                 self._count(HEADERS_TOO_LARGE)
@@ -199,6 +207,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.head_unmeasured = not self.read_counted
 
     def on_headers_complete(self) -> None:
+        if self.stopped:
+            return
         # The read that completed the head may hold body bytes too, and a pipelined head may have begun in
         # a read counted for the request before it: only then is the head itself measured.
         self.head_started, self.head_counted = None, False
@@ -238,14 +248,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_chunk_header(self) -> None:
         # httptools reports a chunk's header (its size is not given) once its line is read; the body of a
         # chunk with data follows at once (on_body), and for the last chunk, the trailer section does.
-        self.chunk_has_data = False
+        if self.stopped:
+            return
+        self.chunk_has_data, self.chunk_parsed = False, True
         self.trailers_from, self.trailing = len(self.headers), self.cycle
 
     def on_body(self, body: bytes) -> None:
-        self.chunk_has_data = True
+        if self.stopped:
+            return
+        self.chunk_has_data = self.chunk_parsed = True
         super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self.stopped:
+            return
         if self.trailers_from is not None and self._end_trailers():
             # Over the limit: the request never learns that its body ended; it is refused in its turn, and
             # sees the client disconnect.
@@ -301,7 +317,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Answer `status` with an ErrorResponse body and close, mid-head; nothing of the request runs (or,
         for its trailers, nothing more of it: it sees the client disconnect)."""
         self.head_started, self.head_counted, self.trailer_bytes = None, False, 0
-        self.trailers_from = None
+        self.trailers_from, self.stopped = None, True
         if self.transport.is_closing():
             return
         request_id = request_ids.new_id()  # a head cut short carries no header that can be trusted

@@ -165,3 +165,60 @@ def test_oversized_trailers_of_a_pipelined_request_are_a_431_after_the_answer_ow
     assert not closed_before_the_answer
     assert statuses(transport) == [b"200", b"431"] and transport.closed
     assert seen.bodies == []
+
+
+def test_chunks_whose_size_lines_come_in_reads_of_their_own_are_data_not_trailers():
+    """Each read after the first holds a chunk's data, its end and the next chunk's size line, which the
+    read after it continues from: more than the limit in all, and none of it trailers."""
+    chunk = 4 * MAX_HEADER_BYTES
+
+    async def scenario() -> tuple[RecordingTransport, Seen]:
+        seen = Seen()
+        protocol, transport = connected(echo_app(seen))
+        size = b"%x;name=value\r\n" % chunk
+        protocol.data_received(CHUNKED_HEAD + size)
+        await asyncio.sleep(0.01)
+        for _ in range(3):
+            protocol.data_received(b"a" * chunk + b"\r\n" + size)
+        protocol.data_received(b"a" * chunk + b"\r\n0\r\n")
+        protocol.data_received(b"x-trailer: t\r\n\r\n")
+        await asyncio.sleep(0.05)
+        return transport, seen
+
+    transport, seen = asyncio.run(scenario())
+    assert statuses(transport) == [b"200"] and not transport.closed
+    assert seen.bodies == [b"a" * (4 * chunk)]
+
+
+def test_what_follows_oversized_trailers_in_their_read_starts_no_request():
+    async def scenario() -> tuple[RecordingTransport, Seen]:
+        seen = Seen()
+        protocol, transport = connected(echo_app(seen))
+        protocol.data_received(CHUNKED_HEAD.replace(b"/echo", b"/early") + b"3\r\nabc\r\n")
+        await asyncio.sleep(0.05)  # answered already
+        trailer = b"x-trailer: " + b"t" * (2 * MAX_HEADER_BYTES) + b"\r\n\r\n"
+        protocol.data_received(b"0\r\n" + trailer + CHUNKED_HEAD + LAST_CHUNK + b"\r\n")
+        await settle(protocol)
+        return transport, seen
+
+    transport, seen = asyncio.run(scenario())
+    assert statuses(transport) == [b"200"] and transport.closed
+    assert seen.headers == [] and seen.bodies == []  # the request after the refusal never ran
+
+
+def test_a_pipelined_request_after_oversized_trailers_cannot_clear_their_refusal():
+    async def scenario() -> tuple[RecordingTransport, Seen]:
+        seen, release = Seen(), asyncio.Event()
+        protocol, transport = connected(echo_app(seen, release))
+        protocol.data_received(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        await asyncio.sleep(0.05)
+        oversized = b"x-trailer: " + b"t" * (2 * MAX_HEADER_BYTES) + b"\r\n\r\n"
+        small = b"x-trailer: t\r\n\r\n"
+        protocol.data_received(CHUNKED_HEAD + LAST_CHUNK + oversized + CHUNKED_HEAD + LAST_CHUNK + small)
+        release.set()
+        await settle(protocol)
+        return transport, seen
+
+    transport, seen = asyncio.run(scenario())
+    assert statuses(transport) == [b"200", b"431"] and transport.closed
+    assert seen.bodies == []
