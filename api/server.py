@@ -19,7 +19,13 @@ and httptools gathers a header however long it grows, at a cost that grows faste
   end; one over the limit is a 431 that closes, in its turn like a head's (or a close, once its request
   has its answer), its request never sees its body end, and nothing after it in the same read starts a
   request. Trailers are not headers (RFC 9110, 6.5.1) and are never merged into the request's: uvicorn appends
-  them to `scope["headers"]`, which the app has already read, so they are dropped.
+  them to `scope["headers"]` as they arrive, which the app may be reading already, so they go to a list of
+  their own and are dropped;
+- the same deadline for the rest of a body after an early answer (a 401, a 404, a 413 on its declared
+  length): the app is done with it and api/bodies.py no longer keeps one, and uvicorn's keep-alive timer
+  restarts at every read, so a body trickled after its answer held the connection forever. Past it the
+  connection closes with nothing written, as no answer is owed, and is counted in
+  `http_body_timeouts_total`.
 
 And it sends a response's head together with its body when the body's length is known (`HeadWithBody`):
 uvicorn writes each to the socket as the app sends it, two send() calls and often two TCP segments for
@@ -121,6 +127,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # The loop time the current head's deadline runs from (None while a request is being served).
     head_started: float | None = None
+    # Whether that deadline is for the rest of a body whose request was answered before it ended.
+    discarding = False
     # Whether reads now are the next head's (from the end of the previous request's message), its bytes
     # so far, whether the current read was counted for it, and whether it began in a read that was not
     # (pipelined behind the previous request's end): then only its exact size tells.
@@ -129,11 +137,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     read_counted = False
     head_unmeasured = False
     # A chunked body's trailer section: whether the chunk being read carried data (the last one carries
-    # none, and its trailers follow), where they would start in the request's headers, and their bytes
-    # so far.
+    # none, and its trailers follow), the list they go to instead of the request's headers, and their
+    # bytes so far.
     chunk_has_data = False
     chunk_parsed = False  # whether the current read held a chunk's header or data
-    trailers_from: int | None = None
+    trailers: list[tuple[bytes, bytes]] | None = None  # where uvicorn's on_header puts them, apart
     trailer_bytes = 0
     trailing: Any = None  # the request cycle those trailers belong to
     # A refusal is decided: what follows it in the read being parsed starts no request and feeds none.
@@ -162,10 +170,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.read_counted = counted = self.head_counted
         if counted:
             self.head_bytes += len(data)
-        after_chunk_header = self.trailers_from is not None and not self.chunk_has_data
+        after_chunk_header = self.trailers is not None and not self.chunk_has_data
         self.chunk_parsed = False
         super().data_received(data)
-        if after_chunk_header and not self.chunk_parsed and self.trailers_from is not None:
+        if after_chunk_header and not self.chunk_parsed and self.trailers is not None:
             # A whole read right after a chunk's header held no chunk data (a chunk with any is data from
             # its first byte on), no other chunk and not the message's end: it was the last chunk's
             # trailers. (The read the trailers began in is measured at the message's end.)
@@ -251,7 +259,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.stopped:
             return
         self.chunk_has_data, self.chunk_parsed = False, True
-        self.trailers_from, self.trailing = len(self.headers), self.cycle
+        # uvicorn appends every header line to `self.headers`, the request's own list (its scope's), trailers
+        # too, as each arrives: from here on they go to a list of their own, so the app never sees one
+        # (it may start, and read its headers, before the message ends).
+        self.headers = self.trailers = []
+        self.trailing = self.cycle
 
     def on_body(self, body: bytes) -> None:
         if self.stopped:
@@ -262,7 +274,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self.stopped:
             return
-        if self.trailers_from is not None and self._end_trailers():
+        if self.trailers is not None and self._end_trailers():
             # Over the limit: the request never learns that its body ended; it is refused in its turn, and
             # sees the client disconnect.
             self._refuse_in_turn()
@@ -277,11 +289,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._arm_if_idle(body_done=True)
 
     def _end_trailers(self) -> bool:
-        """Take the trailer section out of the request's headers, where uvicorn put it, and measure it
-        exactly (its first read was not counted): whether it is over the limit."""
-        start, self.trailers_from = self.trailers_from, None
-        trailers = self.headers[start:]
-        del self.headers[start:]
+        """Measure the trailer section exactly (its first read was not counted), and drop it: whether it
+        is over the limit."""
+        trailers, self.trailers = self.trailers or [], None
         size = sum(len(name) + len(value) + 4 for name, value in trailers)
         self.trailer_bytes = size if size > self.max_header_bytes else 0
         return size > self.max_header_bytes
@@ -289,13 +299,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _arm_if_idle(self, body_done: bool = False) -> None:
         """Start the next head's deadline once the connection waits for one: the response is sent, the
         request's body has all arrived, and no pipelined request was started instead (its bytes are
-        counted from the end of the request's message, on_message_complete)."""
+        counted from the end of the request's message, on_message_complete); or, once the response is sent
+        while the body is still arriving, the same deadline for the rest of that body."""
         cycle = self.cycle
         if self.transport.is_closing() or cycle is None or not cycle.response_complete:
             return
-        if cycle.more_body and not body_done:  # uvicorn leaves more_body set once it has answered
-            return
+        # uvicorn leaves more_body set once it has answered: only `body_done` says the body has ended.
+        # Until then the deadline runs for the rest of it, which the server reads only to discard.
+        self.discarding = cycle.more_body and not body_done
         self.head_started = self.loop.time()
+
+    def expire(self, detail: str) -> None:
+        """The deadline has passed: a 408 for a head, or for the rest of an answered body a close."""
+        if not self.discarding:
+            self.refuse(408, HEAD_TIMEOUT, detail)
+            return
+        self.head_started, self.discarding, self.stopped = None, False, True
+        if not self.transport.is_closing():
+            self.transport.close()
+            telemetry = self.app_state.get("telemetry")
+            if telemetry is not None:
+                telemetry.body_timeouts.inc()
 
     def _head_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
@@ -317,7 +341,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Answer `status` with an ErrorResponse body and close, mid-head; nothing of the request runs (or,
         for its trailers, nothing more of it: it sees the client disconnect)."""
         self.head_started, self.head_counted, self.trailer_bytes = None, False, 0
-        self.trailers_from, self.stopped = None, True
+        self.trailers, self.stopped = None, True
         if self.transport.is_closing():
             return
         request_id = request_ids.new_id()  # a head cut short carries no header that can be trusted
@@ -357,7 +381,8 @@ async def _send_error(
 
 
 async def _reap(connections: set[Any], head_timeout: float, loop: asyncio.AbstractEventLoop) -> None:
-    """Every tick, refuse the connections whose head has taken longer than `head_timeout`."""
+    """Every tick, expire the connections whose head (or answered body) has taken longer than
+    `head_timeout`."""
     tick = min(MAX_TICK_SECONDS, head_timeout / 4)
     detail = f"the request head did not arrive within {head_timeout:g} s"
     with contextlib.suppress(asyncio.CancelledError):
@@ -367,7 +392,7 @@ async def _reap(connections: set[Any], head_timeout: float, loop: asyncio.Abstra
             for connection in list(connections):
                 started = getattr(connection, "head_started", None)
                 if started is not None and started <= deadline:
-                    connection.refuse(408, HEAD_TIMEOUT, detail)
+                    connection.expire(detail)
 
 
 PROTOCOL = f"{__name__}:{GuardedHttpToolsProtocol.__name__}"

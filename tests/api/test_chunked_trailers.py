@@ -222,3 +222,21 @@ def test_a_pipelined_request_after_oversized_trailers_cannot_clear_their_refusal
     transport, seen = asyncio.run(scenario())
     assert statuses(transport) == [b"200", b"431"] and transport.closed
     assert seen.bodies == []
+
+
+def test_trailers_are_kept_from_an_app_that_reads_its_headers_before_the_message_ends():
+    """The app starts once the head is in, and may read its headers while the trailers still arrive:
+    uvicorn appended each trailer line there as it came (an `x-api-key` trailer was then an API key)."""
+
+    async def scenario() -> tuple[RecordingTransport, Seen]:
+        seen = Seen()
+        protocol, transport = connected(echo_app(seen))
+        protocol.data_received(CHUNKED_HEAD + LAST_CHUNK + b"x-api-key: from-a-trailer\r\nx-more: t\r\n")
+        await asyncio.sleep(0.05)  # the app has read its headers and waits for the body's end
+        protocol.data_received(b"\r\n")
+        await asyncio.sleep(0.05)
+        return transport, seen
+
+    transport, seen = asyncio.run(scenario())
+    assert statuses(transport) == [b"200"]
+    assert seen.headers == [["host", "transfer-encoding"]] and seen.bodies == [b"abc"]
