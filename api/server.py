@@ -25,7 +25,8 @@ and httptools gathers a header however long it grows, at a cost that grows faste
   length): the app is done with it and api/bodies.py no longer keeps one, and uvicorn's keep-alive timer
   restarts at every read, so a body trickled after its answer held the connection forever. Past it the
   connection closes with nothing written, as no answer is owed, and is counted in
-  `http_body_timeouts_total`.
+  `http_body_timeouts_total`; once it has ended, uvicorn's keep-alive timer (which its reads cancelled)
+  runs again, so the idle connection closes silently, as after any answer.
 
 And it sends a response's head together with its body when the body's length is known (`HeadWithBody`):
 uvicorn writes each to the socket as the app sends it, two send() calls and often two TCP segments for
@@ -213,6 +214,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.head_unmeasured = not self.read_counted
+        if self.timeout_keep_alive_task is not None:  # armed in this read, by on_message_complete
+            self._unset_keepalive_if_required()
 
     def on_headers_complete(self) -> None:
         if self.stopped:
@@ -287,6 +290,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # would be counted as a head (a stray 431 on a kept-alive connection, or a 408 mid-upload).
         if self.cycle is not None and self.cycle.response_complete:
             self._arm_if_idle(body_done=True)
+            # uvicorn armed its keep-alive timer at the answer, and the body's reads since cancelled it: arm
+            # it again, or an idle connection waits for the head deadline's 408 instead of its silent close.
+            # (on_message_begin cancels it if the next request began in this same read.)
+            if not self.pipeline and self.timeout_keep_alive_task is None and not self.transport.is_closing():
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
 
     def _end_trailers(self) -> bool:
         """Measure the trailer section exactly (its first read was not counted), and drop it: whether it
